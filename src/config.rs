@@ -1,0 +1,438 @@
+//! Configuration: an optional TOML file overlaid by `MAILROOM_*` environment variables.
+//!
+//! Every value is checked here, at load time, so a bad value stops startup with a message that
+//! names the variable instead of surfacing later as a confusing runtime failure.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use secrecy::{SecretBox, SecretString};
+
+/// A configuration value that failed to parse, named by its environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: String,
+    pub message: String,
+}
+
+fn config_error(var: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var: var.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Where data lives, chosen by the URL scheme; anything else is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path, e.g. sqlite://mailroom.db".into());
+            }
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(url.to_string()))
+        } else {
+            Err("unsupported database URL scheme: use sqlite://PATH or postgres://...".into())
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Browser origins allowed to call the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub database_url: DatabaseUrl,
+    /// Holds generated secrets (JWT secret, encryption key) when none are configured.
+    pub data_dir: PathBuf,
+    pub db_pool_size: u32,
+    pub jwt_secret: Option<SecretString>,
+    pub jwt_public_key_file: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub secret_key: Option<SecretBox<[u8; 32]>>,
+    pub secret_key_file: Option<PathBuf>,
+    pub cors_origins: CorsOrigins,
+    /// Per-subject limit on `POST /settings/smtp/test` calls.
+    pub smtp_test_rate_per_minute: u32,
+    pub smtp_allowed_hosts: Option<Vec<String>>,
+    pub smtp_ca_file: Option<PathBuf>,
+    pub smtp_helo_name: Option<String>,
+    pub delivery: DeliveryConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub enabled: bool,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub batch_size: i64,
+}
+
+/// Every variable we read; a TOML key is the variable name without the prefix, in lower case.
+const KNOWN_VARS: &[&str] = &[
+    "MAILROOM_BIND",
+    "MAILROOM_DATABASE_URL",
+    "MAILROOM_DATA_DIR",
+    "MAILROOM_DB_POOL_SIZE",
+    "MAILROOM_JWT_SECRET",
+    "MAILROOM_JWT_PUBLIC_KEY_FILE",
+    "MAILROOM_JWT_ISSUER",
+    "MAILROOM_JWT_AUDIENCE",
+    "MAILROOM_SECRET_KEY",
+    "MAILROOM_SECRET_KEY_FILE",
+    "MAILROOM_CORS_ORIGINS",
+    "MAILROOM_SMTP_TEST_RATE_PER_MINUTE",
+    "MAILROOM_SMTP_ALLOWED_HOSTS",
+    "MAILROOM_SMTP_CA_FILE",
+    "MAILROOM_SMTP_HELO_NAME",
+    "MAILROOM_DELIVERY_ENABLED",
+    "MAILROOM_DELIVERY_CONCURRENCY",
+    "MAILROOM_DELIVERY_MAX_ATTEMPTS",
+    "MAILROOM_DELIVERY_RETRY_BASE_SECONDS",
+    "MAILROOM_DELIVERY_RETRY_MAX_SECONDS",
+    "MAILROOM_DELIVERY_LEASE_SECONDS",
+    "MAILROOM_DELIVERY_POLL_MILLISECONDS",
+    "MAILROOM_DELIVERY_BATCH_SIZE",
+];
+
+impl Config {
+    /// Loads the TOML file (if any: `--config` or `MAILROOM_CONFIG`), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("MAILROOM_"))
+            .collect();
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("MAILROOM_CONFIG").map(PathBuf::from));
+        let mut vars = match file {
+            Some(path) => read_toml(&path)?,
+            None => BTreeMap::new(),
+        };
+        for (k, v) in env {
+            if k == "MAILROOM_CONFIG" || k.starts_with("MAILROOM_TEST_") {
+                continue;
+            }
+            if !KNOWN_VARS.contains(&k.as_str()) {
+                tracing::warn!(variable = %k, "ignoring unknown MAILROOM_ variable");
+                continue;
+            }
+            vars.insert(k, v);
+        }
+        Self::from_vars(&vars)
+    }
+
+    /// Builds a configuration from variable names to values (tests use this directly).
+    pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| vars.get(name).map(|s| s.trim()).filter(|s| !s.is_empty());
+
+        let bind = match get("MAILROOM_BIND") {
+            Some(v) => v.parse().map_err(|_| {
+                config_error(
+                    "MAILROOM_BIND",
+                    format!("'{v}' is not an address:port such as 127.0.0.1:8080"),
+                )
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let database_url = DatabaseUrl::parse(get("MAILROOM_DATABASE_URL").unwrap_or("sqlite://mailroom.db"))
+            .map_err(|m| config_error("MAILROOM_DATABASE_URL", m))?;
+        let data_dir = match get("MAILROOM_DATA_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => match &database_url {
+                DatabaseUrl::Sqlite(path) => path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from(".")),
+                DatabaseUrl::Postgres(_) => PathBuf::from("."),
+            },
+        };
+        let jwt_secret = match get("MAILROOM_JWT_SECRET") {
+            Some(s) if s.len() < 32 => {
+                return Err(config_error(
+                    "MAILROOM_JWT_SECRET",
+                    "must be at least 32 characters long",
+                ))
+            }
+            Some(s) => Some(SecretString::from(s.to_string())),
+            None => None,
+        };
+        let jwt_public_key_file = get("MAILROOM_JWT_PUBLIC_KEY_FILE").map(PathBuf::from);
+        if let Some(path) = &jwt_public_key_file {
+            if !path.is_file() {
+                return Err(config_error(
+                    "MAILROOM_JWT_PUBLIC_KEY_FILE",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        let secret_key = get("MAILROOM_SECRET_KEY")
+            .map(|v| parse_key(v).map(|k| SecretBox::new(Box::new(k))))
+            .transpose()
+            .map_err(|m| config_error("MAILROOM_SECRET_KEY", m))?;
+        let cors_origins = match get("MAILROOM_CORS_ORIGINS") {
+            None => CorsOrigins::List(Vec::new()),
+            Some("*") => CorsOrigins::Any,
+            Some(list) => CorsOrigins::List(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|o| check_origin(o).map_err(|m| config_error("MAILROOM_CORS_ORIGINS", m)))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let smtp_allowed_hosts = get("MAILROOM_SMTP_ALLOWED_HOSTS").map(|list| {
+            list.split(',')
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect()
+        });
+        let smtp_ca_file = get("MAILROOM_SMTP_CA_FILE").map(PathBuf::from);
+        if let Some(path) = &smtp_ca_file {
+            if !path.is_file() {
+                return Err(config_error(
+                    "MAILROOM_SMTP_CA_FILE",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+
+        let delivery = DeliveryConfig {
+            enabled: parse_bool(vars, "MAILROOM_DELIVERY_ENABLED", true)?,
+            concurrency: parse_num(vars, "MAILROOM_DELIVERY_CONCURRENCY", 8, 1, 1024)? as usize,
+            max_attempts: parse_num(vars, "MAILROOM_DELIVERY_MAX_ATTEMPTS", 10, 1, 100)? as u32,
+            retry_base: Duration::from_secs(parse_num(
+                vars,
+                "MAILROOM_DELIVERY_RETRY_BASE_SECONDS",
+                30,
+                1,
+                86_400,
+            )?),
+            retry_max: Duration::from_secs(parse_num(
+                vars,
+                "MAILROOM_DELIVERY_RETRY_MAX_SECONDS",
+                6 * 3600,
+                1,
+                7 * 86_400,
+            )?),
+            lease: Duration::from_secs(parse_num(
+                vars,
+                "MAILROOM_DELIVERY_LEASE_SECONDS",
+                300,
+                1,
+                86_400,
+            )?),
+            poll_interval: Duration::from_millis(parse_num(
+                vars,
+                "MAILROOM_DELIVERY_POLL_MILLISECONDS",
+                1000,
+                10,
+                600_000,
+            )?),
+            batch_size: parse_num(vars, "MAILROOM_DELIVERY_BATCH_SIZE", 100, 1, 10_000)? as i64,
+        };
+
+        Ok(Self {
+            bind,
+            database_url,
+            data_dir,
+            db_pool_size: parse_num(vars, "MAILROOM_DB_POOL_SIZE", 8, 1, 256)? as u32,
+            jwt_secret,
+            jwt_public_key_file,
+            jwt_issuer: get("MAILROOM_JWT_ISSUER").map(str::to_string),
+            jwt_audience: get("MAILROOM_JWT_AUDIENCE").map(str::to_string),
+            secret_key,
+            secret_key_file: get("MAILROOM_SECRET_KEY_FILE").map(PathBuf::from),
+            cors_origins,
+            smtp_test_rate_per_minute: parse_num(
+                vars,
+                "MAILROOM_SMTP_TEST_RATE_PER_MINUTE",
+                10,
+                1,
+                10_000,
+            )? as u32,
+            smtp_allowed_hosts,
+            smtp_ca_file,
+            smtp_helo_name: get("MAILROOM_SMTP_HELO_NAME").map(str::to_string),
+            delivery,
+        })
+    }
+}
+
+fn read_toml(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error("MAILROOM_CONFIG", format!("cannot read {}: {e}", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| config_error("MAILROOM_CONFIG", format!("{}: {e}", path.display())))?;
+    let mut vars = BTreeMap::new();
+    for (key, value) in table {
+        let var = format!("MAILROOM_{}", key.to_ascii_uppercase());
+        if !KNOWN_VARS.contains(&var.as_str()) {
+            return Err(config_error(
+                "MAILROOM_CONFIG",
+                format!("{}: unknown key '{key}'", path.display()),
+            ));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        vars.insert(var, value);
+    }
+    Ok(vars)
+}
+
+fn parse_num(
+    vars: &BTreeMap<String, String>,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    match vars.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(config_error(
+                name,
+                format!("'{v}' is not a whole number between {min} and {max}"),
+            )),
+        },
+    }
+}
+
+fn parse_bool(vars: &BTreeMap<String, String>, name: &str, default: bool) -> Result<bool, ConfigError> {
+    match vars.get(name).map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(v) => Err(config_error(name, format!("'{v}' is not true or false"))),
+    }
+}
+
+/// A 32-byte key written as base64 (standard or URL-safe) or 64 hex digits.
+pub fn parse_key(value: &str) -> Result<[u8; 32], String> {
+    let value = value.trim();
+    let bytes = if value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&value[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .ok()
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(value))
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value))
+            .ok()
+    };
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| "must be 32 bytes written as base64 or 64 hex digits (e.g. `openssl rand -base64 32`)".to_string())
+}
+
+fn check_origin(origin: &str) -> Result<String, String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| format!("'{origin}' is not an origin such as https://admin.example.com"))?;
+    if rest.is_empty() || rest.contains('/') || rest.contains(char::is_whitespace) {
+        return Err(format!(
+            "'{origin}' is not an origin such as https://admin.example.com (no path, no trailing slash)"
+        ));
+    }
+    Ok(origin.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_to_sqlite_in_the_working_directory_on_port_8080() {
+        let config = Config::from_vars(&BTreeMap::new()).unwrap();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url, DatabaseUrl::Sqlite("mailroom.db".into()));
+        assert_eq!(config.data_dir, PathBuf::from("."));
+    }
+
+    #[test]
+    fn an_unknown_database_scheme_is_an_error_naming_the_variable() {
+        let err = Config::from_vars(&vars(&[("MAILROOM_DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert_eq!(err.var, "MAILROOM_DATABASE_URL");
+        let err = Config::from_vars(&vars(&[("MAILROOM_DATABASE_URL", "mailroom.db")])).unwrap_err();
+        assert_eq!(err.var, "MAILROOM_DATABASE_URL");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable_and_never_echo_secrets() {
+        for (var, value) in [
+            ("MAILROOM_BIND", "localhost"),
+            ("MAILROOM_JWT_SECRET", "short"),
+            ("MAILROOM_SECRET_KEY", "not-a-key-hunter2"),
+            ("MAILROOM_CORS_ORIGINS", "admin.example.com"),
+            ("MAILROOM_DELIVERY_CONCURRENCY", "0"),
+        ] {
+            let err = Config::from_vars(&vars(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.to_string().starts_with(var));
+            if var.contains("SECRET") {
+                assert!(!err.to_string().contains(value), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn secret_keys_are_accepted_as_base64_or_hex() {
+        let hex = "00".repeat(32);
+        assert_eq!(parse_key(&hex).unwrap(), [0u8; 32]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        assert_eq!(parse_key(&b64).unwrap(), [7u8; 32]);
+        assert!(parse_key("AAAA").is_err());
+    }
+
+    #[test]
+    fn the_sqlite_data_directory_is_beside_the_database_file() {
+        let config =
+            Config::from_vars(&vars(&[("MAILROOM_DATABASE_URL", "sqlite:///var/lib/mailroom/db.sqlite")]))
+                .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/mailroom"));
+    }
+}

@@ -1,0 +1,15 @@
+//! mailroom: an email-notification service with a REST/JSON API.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod openapi;
+pub mod routes;
+pub mod secrets;
+pub mod settings;
+pub mod startup;
+pub mod telemetry;
+pub mod validation;

@@ -1,0 +1,120 @@
+//! The `mailroom` binary: a thin CLI over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mailroom::config::Config;
+use mailroom::startup::{self, Application};
+
+#[derive(Parser)]
+#[command(name = "mailroom", version, about = "Email notifications for portals and internal tools")]
+struct Cli {
+    /// A TOML file whose keys are the MAILROOM_* variables without the prefix, in lower case
+    /// (e.g. `bind = "0.0.0.0:8080"`). Environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Mint an HS256 token with the configured secret and print it.
+    Token {
+        /// Scopes, space- or comma-separated, or repeated: settings:read settings:write smtp:test
+        /// notifications:send notifications:read.
+        #[arg(long, num_args = 1.., required = true)]
+        scope: Vec<String>,
+        /// The subject: who the token stands for (recorded as updated_by).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime, e.g. 3600, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 3600, 30m, 1h, 7d)"))?,
+    };
+    if d.is_zero() {
+        return Err("the lifetime must be positive".into());
+    }
+    Ok(d)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    mailroom::telemetry::init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailroom: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Openapi = command {
+        print!("{}", mailroom::openapi::to_pretty_json(&mailroom::openapi::document()));
+        return Ok(());
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    match command {
+        Command::Serve => serve(config),
+        Command::Migrate => {
+            mailroom::db::Db::connect(&config.database_url, 1)?;
+            eprintln!("mailroom: migrations applied to the {} database", config.database_url.backend_name());
+            Ok(())
+        }
+        Command::Token { scope, sub, ttl } => {
+            let (_, secret) = startup::jwt_verifier(&config)?;
+            let secret = secret.ok_or_else(|| {
+                anyhow::anyhow!("MAILROOM_JWT_SECRET: tokens can only be minted with an HS256 secret, and only a public key is configured")
+            })?;
+            let scopes: Vec<String> = scope
+                .iter()
+                .flat_map(|s| s.split([' ', ',']))
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            if let Some(bad) = scopes.iter().find(|s| !mailroom::auth::ALL_SCOPES.contains(&s.as_str())) {
+                anyhow::bail!("unknown scope '{bad}'; scopes are: {}", mailroom::auth::ALL_SCOPES.join(" "));
+            }
+            let token = mailroom::auth::mint_token(
+                &secret,
+                &sub,
+                &scopes,
+                ttl,
+                config.jwt_issuer.as_deref(),
+                config.jwt_audience.as_deref(),
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Openapi => Ok(()),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    actix_web::rt::System::new().block_on(async move {
+        let bind = config.bind;
+        let backend = config.database_url.backend_name();
+        let app = Application::build(config).await?;
+        tracing::info!(%bind, port = app.port(), backend, "mailroom listening");
+        app.run_until_stopped().await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,54 @@
+//! The settings resources (SMTP, subjects, admin address), their storage and their audit trail.
+
+pub mod admin_email;
+pub mod audit;
+pub mod smtp;
+pub mod subjects;
+pub mod store;
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+
+use crate::error::ApiError;
+
+/// The ETag of a settings document at `version` (0: never saved).
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Fails with 412 when the request carries an `If-Match` that does not name the current version.
+pub fn check_if_match(if_match: Option<&str>, current_version: i64) -> Result<(), ApiError> {
+    let Some(if_match) = if_match else {
+        return Ok(());
+    };
+    let current = etag(current_version);
+    let matches = if_match.split(',').map(str::trim).any(|tag| {
+        tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::PreconditionFailed)
+    }
+}
+
+pub fn if_match_header(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().unwrap_or("\"invalid\"").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_accepts_the_current_tag_weak_or_strong_or_a_star() {
+        assert!(check_if_match(None, 3).is_ok());
+        assert!(check_if_match(Some("\"3\""), 3).is_ok());
+        assert!(check_if_match(Some("W/\"3\""), 3).is_ok());
+        assert!(check_if_match(Some("\"1\", \"3\""), 3).is_ok());
+        assert!(check_if_match(Some("*"), 3).is_ok());
+        assert!(matches!(check_if_match(Some("\"2\""), 3), Err(ApiError::PreconditionFailed)));
+    }
+}

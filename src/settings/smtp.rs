@@ -1,0 +1,460 @@
+//! SMTP settings: host, port, security, credentials, default From, Reply-To, timeouts.
+
+use actix_web::http::header;
+use actix_web::{get, put, web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::store::{self, Stored};
+use super::{check_if_match, etag, if_match_header};
+use crate::auth::scope::{SettingsRead, SettingsWrite};
+use crate::auth::Authorized;
+use crate::db::{millis_to_datetime, DbConnection};
+use crate::error::{ApiError, Problem};
+use crate::secrets::SecretCipher;
+use crate::startup::AppState;
+use crate::validation::{check_email, check_header_text, check_host, Errors, Field};
+
+pub const KEY: &str = "smtp";
+/// Associated data for the password ciphertext.
+pub const PASSWORD_PURPOSE: &str = "smtp.password";
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 10;
+
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Plain SMTP, no TLS.
+    None,
+    /// Plain connection upgraded with STARTTLS (usually port 587); refused if the server does not offer it.
+    Starttls,
+    /// Implicit TLS from the first byte (usually port 465).
+    Tls,
+}
+
+impl Security {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Starttls => "starttls",
+            Self::Tls => "tls",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "starttls" => Some(Self::Starttls),
+            "tls" => Some(Self::Tls),
+            _ => None,
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Self::None => 25,
+            Self::Starttls => 587,
+            Self::Tls => 465,
+        }
+    }
+}
+
+/// The stored document. `password` is AES-256-GCM ciphertext and never leaves the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    pub reply_to: Option<String>,
+    pub timeout_seconds: u32,
+    pub tls_verify: bool,
+    pub allow_insecure_auth: bool,
+}
+
+impl SmtpSettings {
+    /// For audit diffs: `password` is ciphertext here (a new one per change) and the diff shows
+    /// it only as "changed".
+    fn audit_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    /// Whether a stored password may be used with `other`: only for the same server and account.
+    pub fn same_account(&self, host: &str, port: u16, username: Option<&str>) -> bool {
+        self.host.eq_ignore_ascii_case(host) && self.port == port && self.username.as_deref() == username
+    }
+}
+
+/// `PUT /settings/smtp` body (also the `settings` draft of `POST /settings/smtp/test`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct SmtpSettingsInput {
+    /// SMTP server host name or IP address, without scheme or port.
+    #[serde(default)]
+    #[schema(value_type = String, example = "smtp.example.com")]
+    pub host: Field<String>,
+    /// Defaults to 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    #[serde(default)]
+    #[schema(value_type = Option<u16>, minimum = 1, maximum = 65535, example = 587)]
+    pub port: Field<i64>,
+    /// Defaults to `tls` on port 465 and `starttls` otherwise.
+    #[serde(default)]
+    #[schema(value_type = Option<Security>)]
+    pub security: Field<String>,
+    /// Absent, null or empty: no SMTP AUTH.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "mailer@example.com")]
+    pub username: Field<String>,
+    /// Write-only. Absent or empty: keep the stored password, but only if host, port and username
+    /// are unchanged. `null`: remove the stored password.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, write_only)]
+    pub password: Field<String>,
+    /// The default From address. No notification is sent while it is unset.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Email, example = "portal@example.com")]
+    pub from_address: Field<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "Developer Portal")]
+    pub from_name: Field<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Email)]
+    pub reply_to: Field<String>,
+    /// Per-step network timeout, 1 to 120 seconds (default 10).
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 120, example = 10)]
+    pub timeout_seconds: Field<i64>,
+    /// Verify the server certificate (default true). Turn off only for internal relays with
+    /// self-signed certificates; prefer `MAILROOM_SMTP_CA_FILE`.
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub tls_verify: Field<bool>,
+    /// Required to send a username and password over a connection without TLS.
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub allow_insecure_auth: Field<bool>,
+}
+
+/// What a request wants done with the stored password.
+#[derive(Debug)]
+pub enum PasswordChange {
+    Keep,
+    Remove,
+    Set(SecretString),
+}
+
+/// Validated SMTP settings from a request, before the stored password rule is applied.
+#[derive(Debug)]
+pub struct SmtpDraft {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub username: Option<String>,
+    pub password: PasswordChange,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    pub reply_to: Option<String>,
+    pub timeout_seconds: u32,
+    pub tls_verify: bool,
+    pub allow_insecure_auth: bool,
+}
+
+/// Empty strings from form fields mean "not set".
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+impl SmtpSettingsInput {
+    /// Validates every field, reporting each failure with its name (prefixed with `prefix`).
+    pub fn parse(self, prefix: &str, errors: &mut Errors) -> Option<SmtpDraft> {
+        let f = |name: &str| format!("{prefix}{name}");
+        let host = errors.required(&f("host"), self.host, "a string").map(|h| h.trim().to_string());
+        if let Some(h) = &host {
+            check_host(errors, &f("host"), h);
+        }
+        let security = match errors.optional(&f("security"), self.security, "a string") {
+            Some(s) => {
+                let parsed = Security::parse(&s);
+                if parsed.is_none() {
+                    errors.add(f("security"), "invalid_choice", format!("{} must be one of none, starttls, tls", f("security")));
+                }
+                parsed
+            }
+            None => None,
+        };
+        let port = match errors.optional(&f("port"), self.port, "an integer") {
+            Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+            Some(_) => {
+                errors.add(f("port"), "out_of_range", format!("{} must be between 1 and 65535", f("port")));
+                None
+            }
+            None => None,
+        };
+        let security_or_default = security.unwrap_or(if port == Some(465) { Security::Tls } else { Security::Starttls });
+        let port = port.unwrap_or(security_or_default.default_port());
+
+        let username = non_empty(errors.optional(&f("username"), self.username, "a string"));
+        if let Some(u) = &username {
+            check_header_text(errors, &f("username"), u, 256);
+        }
+        let password = match self.password {
+            Field::Missing => PasswordChange::Keep,
+            Field::Null => PasswordChange::Remove,
+            Field::Value(p) if p.is_empty() => PasswordChange::Keep,
+            Field::Value(p) => {
+                if p.contains('\0') || p.len() > 1024 {
+                    errors.add(f("password"), "invalid_password", format!("{} must be at most 1024 bytes without NUL characters", f("password")));
+                }
+                PasswordChange::Set(SecretString::from(p))
+            }
+            // A generic message: the value itself must never be echoed.
+            Field::Invalid => {
+                errors.add(f("password"), "invalid_type", format!("{} must be a string", f("password")));
+                PasswordChange::Keep
+            }
+        };
+        if matches!(password, PasswordChange::Set(_)) && username.is_none() {
+            errors.add(f("password"), "password_without_username", "a password needs a username: set username too, or leave password out");
+        }
+        let mut email = |name: &str, value: Field<String>| {
+            let v = non_empty(errors.optional(&f(name), value, "a string"));
+            if let Some(addr) = &v {
+                check_email(errors, &f(name), addr);
+            }
+            v
+        };
+        let from_address = email("from_address", self.from_address);
+        let reply_to = email("reply_to", self.reply_to);
+        let from_name = non_empty(errors.optional(&f("from_name"), self.from_name, "a string"));
+        if let Some(n) = &from_name {
+            check_header_text(errors, &f("from_name"), n, 200);
+        }
+        let timeout_seconds = match errors.optional(&f("timeout_seconds"), self.timeout_seconds, "an integer") {
+            Some(t) if (1..=120).contains(&t) => t as u32,
+            Some(_) => {
+                errors.add(f("timeout_seconds"), "out_of_range", format!("{} must be between 1 and 120", f("timeout_seconds")));
+                DEFAULT_TIMEOUT_SECONDS
+            }
+            None => DEFAULT_TIMEOUT_SECONDS,
+        };
+        let tls_verify = errors.optional(&f("tls_verify"), self.tls_verify, "true or false").unwrap_or(true);
+        let allow_insecure_auth = errors
+            .optional(&f("allow_insecure_auth"), self.allow_insecure_auth, "true or false")
+            .unwrap_or(false);
+        if security == Some(Security::None) && username.is_some() && !allow_insecure_auth {
+            errors.add(
+                f("security"),
+                "insecure_auth",
+                "sending a username and password without TLS exposes them on the network: use starttls or tls, or set allow_insecure_auth to true",
+            );
+        }
+        Some(SmtpDraft {
+            host: host?,
+            port,
+            security: security.unwrap_or(security_or_default),
+            username,
+            password,
+            from_address,
+            from_name,
+            reply_to,
+            timeout_seconds,
+            tls_verify,
+            allow_insecure_auth,
+        })
+    }
+}
+
+/// The password a draft may use: its own, or the saved one when it targets the same account.
+pub enum PasswordSource<'a> {
+    New(&'a SecretString),
+    Saved(&'a str),
+    None,
+}
+
+impl SmtpDraft {
+    pub fn password_source<'a>(&'a self, saved: Option<&'a SmtpSettings>) -> PasswordSource<'a> {
+        match &self.password {
+            PasswordChange::Set(p) => PasswordSource::New(p),
+            PasswordChange::Remove => PasswordSource::None,
+            PasswordChange::Keep => match saved {
+                Some(s) if s.same_account(&self.host, self.port, self.username.as_deref()) => {
+                    s.password.as_deref().map_or(PasswordSource::None, PasswordSource::Saved)
+                }
+                _ => PasswordSource::None,
+            },
+        }
+    }
+
+    /// The document to store, with the password sealed (or carried over, or dropped).
+    fn into_settings(self, saved: Option<&SmtpSettings>, cipher: &SecretCipher) -> Result<SmtpSettings, ApiError> {
+        let password = match self.password_source(saved) {
+            PasswordSource::New(p) => Some(cipher.encrypt(PASSWORD_PURPOSE, p.expose_secret())?),
+            PasswordSource::Saved(sealed) => Some(sealed.to_string()),
+            PasswordSource::None => None,
+        };
+        Ok(SmtpSettings {
+            host: self.host,
+            port: self.port,
+            security: self.security,
+            username: self.username,
+            password,
+            from_address: self.from_address,
+            from_name: self.from_name,
+            reply_to: self.reply_to,
+            timeout_seconds: self.timeout_seconds,
+            tls_verify: self.tls_verify,
+            allow_insecure_auth: self.allow_insecure_auth,
+        })
+    }
+}
+
+/// SMTP settings as the API shows them: never the password, only whether one is stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SmtpSettingsView {
+    /// False until the first successful PUT.
+    pub configured: bool,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub security: Option<Security>,
+    pub username: Option<String>,
+    pub password_set: bool,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    pub reply_to: Option<String>,
+    pub timeout_seconds: u32,
+    pub tls_verify: bool,
+    pub allow_insecure_auth: bool,
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The `sub` of the token that made the last change.
+    pub updated_by: Option<String>,
+}
+
+impl SmtpSettingsView {
+    fn from_stored(stored: Option<&Stored<SmtpSettings>>) -> Self {
+        match stored {
+            None => Self {
+                configured: false,
+                host: None,
+                port: None,
+                security: None,
+                username: None,
+                password_set: false,
+                from_address: None,
+                from_name: None,
+                reply_to: None,
+                timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
+                tls_verify: true,
+                allow_insecure_auth: false,
+                updated_at: None,
+                updated_by: None,
+            },
+            Some(s) => {
+                let v = &s.value;
+                Self {
+                    configured: true,
+                    host: Some(v.host.clone()),
+                    port: Some(v.port),
+                    security: Some(v.security),
+                    username: v.username.clone(),
+                    password_set: v.password.is_some(),
+                    from_address: v.from_address.clone(),
+                    from_name: v.from_name.clone(),
+                    reply_to: v.reply_to.clone(),
+                    timeout_seconds: v.timeout_seconds,
+                    tls_verify: v.tls_verify,
+                    allow_insecure_auth: v.allow_insecure_auth,
+                    updated_at: Some(millis_to_datetime(s.updated_at)),
+                    updated_by: Some(s.updated_by.clone()),
+                }
+            }
+        }
+    }
+}
+
+fn respond(stored: Option<&Stored<SmtpSettings>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::ETAG, etag(stored.map_or(0, |s| s.version))))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(SmtpSettingsView::from_stored(stored))
+}
+
+pub fn load(conn: &mut DbConnection) -> Result<Option<Stored<SmtpSettings>>, ApiError> {
+    store::load(conn, KEY)
+}
+
+/// Read the SMTP settings. The password is never returned; `password_set` says whether one is stored.
+#[utoipa::path(
+    tag = "settings",
+    security(("bearer" = ["settings:read"])),
+    responses(
+        (status = 200, description = "The SMTP settings (`configured: false` before the first PUT)", body = SmtpSettingsView,
+         headers(("ETag" = String, description = "Pass as If-Match to a PUT to avoid overwriting a concurrent change"))),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `settings:read`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/settings/smtp")]
+pub async fn get_smtp(_auth: Authorized<SettingsRead>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let stored = state.db.read(load).await?;
+    Ok(respond(stored.as_ref()))
+}
+
+/// Replace the SMTP settings.
+///
+/// Without `password`, the stored password is kept only if `host`, `port` and `username` are
+/// unchanged; otherwise it is dropped, so a changed host never receives the old credentials.
+#[utoipa::path(
+    tag = "settings",
+    security(("bearer" = ["settings:write"])),
+    request_body = SmtpSettingsInput,
+    params(("If-Match" = Option<String>, Header, description = "ETag from a previous GET; 412 if the settings changed since")),
+    responses(
+        (status = 200, description = "The saved settings", body = SmtpSettingsView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `settings:write`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A concurrent change won (`concurrent_update`)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match the current ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, all listed in `errors`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[put("/settings/smtp")]
+pub async fn put_smtp(
+    auth: Authorized<SettingsWrite>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<SmtpSettingsInput>,
+) -> Result<HttpResponse, ApiError> {
+    let mut errors = Errors::default();
+    let draft = body.into_inner().parse("", &mut errors);
+    errors.finish()?;
+    let draft = draft.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("validated draft missing")))?;
+    let if_match = if_match_header(&req);
+    let actor = auth.sub().to_string();
+    let app = state.clone();
+    let stored = state
+        .db
+        .write(move |conn| {
+            let current = load(conn)?;
+            check_if_match(if_match.as_deref(), current.as_ref().map_or(0, |c| c.version))?;
+            let saved = current.as_ref().map(|c| &c.value);
+            let next = draft.into_settings(saved, &app.cipher)?;
+            let changes = store::diff_fields(
+                &saved.map(SmtpSettings::audit_json).unwrap_or_default(),
+                &next.audit_json(),
+                &["password"],
+            );
+            let stored = store::save(conn, KEY, next, current.map_or(0, |c| c.version), &actor)?;
+            store::audit(conn, &actor, "settings.updated", KEY, serde_json::json!({ "changes": changes }))?;
+            Ok(stored)
+        })
+        .await?;
+    state.settings_changed();
+    tracing::info!(actor = %auth.sub(), host = %stored.value.host, "SMTP settings updated");
+    Ok(respond(Some(&stored)))
+}

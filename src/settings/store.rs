@@ -1,0 +1,137 @@
+//! Settings documents (one JSON row per resource) and audit records.
+
+use diesel::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::db::schema::{audit_log, settings};
+use crate::db::{now_millis, DbConnection};
+use crate::error::ApiError;
+
+/// A settings document with its version (the ETag), time and author.
+#[derive(Debug, Clone)]
+pub struct Stored<T> {
+    pub value: T,
+    pub version: i64,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+#[derive(Queryable)]
+struct Row {
+    value: String,
+    version: i64,
+    updated_at: i64,
+    updated_by: String,
+}
+
+pub fn load<T: DeserializeOwned>(conn: &mut DbConnection, key: &str) -> Result<Option<Stored<T>>, ApiError> {
+    let row: Option<Row> = settings::table
+        .filter(settings::key.eq(key))
+        .select((settings::value, settings::version, settings::updated_at, settings::updated_by))
+        .first(conn)
+        .optional()?;
+    row.map(|r| {
+        let value = serde_json::from_str(&r.value)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored {key} settings are unreadable: {e}")))?;
+        Ok(Stored {
+            value,
+            version: r.version,
+            updated_at: r.updated_at,
+            updated_by: r.updated_by,
+        })
+    })
+    .transpose()
+}
+
+/// Writes the next version of a document. `previous_version` is what the caller read in the same
+/// transaction (0: none); a concurrent writer that got there first makes this fail with 409.
+pub fn save<T: Serialize>(
+    conn: &mut DbConnection,
+    key: &str,
+    value: T,
+    previous_version: i64,
+    actor: &str,
+) -> Result<Stored<T>, ApiError> {
+    let json = serde_json::to_string(&value).map_err(|e| ApiError::Internal(e.into()))?;
+    let now = now_millis();
+    let version = previous_version + 1;
+    let written = if previous_version == 0 {
+        diesel::insert_into(settings::table)
+            .values((
+                settings::key.eq(key),
+                settings::value.eq(&json),
+                settings::version.eq(version),
+                settings::updated_at.eq(now),
+                settings::updated_by.eq(actor),
+            ))
+            .execute(conn)
+            .or_else(|e| match e {
+                diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => Ok(0),
+                e => Err(e),
+            })?
+    } else {
+        diesel::update(settings::table.filter(settings::key.eq(key).and(settings::version.eq(previous_version))))
+            .set((
+                settings::value.eq(&json),
+                settings::version.eq(version),
+                settings::updated_at.eq(now),
+                settings::updated_by.eq(actor),
+            ))
+            .execute(conn)?
+    };
+    if written == 0 {
+        return Err(ApiError::Conflict {
+            code: "concurrent_update",
+            detail: format!("the {key} settings were changed by another request at the same time; read them again and retry"),
+        });
+    }
+    Ok(Stored {
+        value,
+        version,
+        updated_at: now,
+        updated_by: actor.to_string(),
+    })
+}
+
+/// Appends an audit record. `details` must never hold a secret.
+pub fn audit(
+    conn: &mut DbConnection,
+    actor: &str,
+    action: &str,
+    resource: &str,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    diesel::insert_into(audit_log::table)
+        .values((
+            audit_log::occurred_at.eq(now_millis()),
+            audit_log::actor.eq(actor),
+            audit_log::action.eq(action),
+            audit_log::resource.eq(resource),
+            audit_log::details.eq(details.to_string()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// One changed field for the audit log: values for plain fields, only "changed" for secrets.
+pub fn diff_fields(old: &serde_json::Value, new: &serde_json::Value, secrets: &[&str]) -> Vec<serde_json::Value> {
+    let empty = serde_json::Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (o, n) = (old.get(k).unwrap_or(&serde_json::Value::Null), new.get(k).unwrap_or(&serde_json::Value::Null));
+            if o == n {
+                None
+            } else if secrets.contains(&k.as_str()) {
+                Some(serde_json::json!({"field": k, "change": "changed"}))
+            } else {
+                Some(serde_json::json!({"field": k, "change": "changed", "old": o, "new": n}))
+            }
+        })
+        .collect()
+}

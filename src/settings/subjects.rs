@@ -1,0 +1,331 @@
+//! Subject templates per event: custom ones stored, the catalogue's defaults otherwise.
+
+use std::collections::{BTreeMap, HashMap};
+
+use actix_web::http::header;
+use actix_web::{get, patch, put, web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::store::{self, Stored};
+use super::{check_if_match, etag, if_match_header};
+use crate::auth::scope::{SettingsRead, SettingsWrite};
+use crate::auth::Authorized;
+use crate::db::DbConnection;
+use crate::error::{ApiError, Problem};
+use crate::events::{self, Recipient, Variable, EVENTS};
+use crate::startup::AppState;
+use crate::validation::{check_header_text, Errors, Field};
+
+pub const KEY: &str = "subjects";
+pub const MAX_SUBJECT_CHARS: usize = 200;
+
+/// Custom subjects by event name; events not present use their default.
+pub type CustomSubjects = BTreeMap<String, String>;
+
+/// `PUT` and `PATCH /settings/subjects` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SubjectsInput {
+    /// Subject templates by event, e.g. `{"access_request_approved": "Access to {{ product_name }} granted"}`.
+    /// PUT: events left out use their default. PATCH: only the events given change; `null` resets one.
+    #[serde(default)]
+    #[schema(value_type = HashMap<String, Option<String>>)]
+    pub subjects: Field<HashMap<String, Field<String>>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubjectEntry {
+    #[schema(example = "access_request_approved")]
+    pub event: &'static str,
+    /// The subject template in effect.
+    pub subject: String,
+    pub default_subject: &'static str,
+    pub is_default: bool,
+    pub recipient: Recipient,
+    /// Variables the template may use.
+    pub variables: Vec<Variable>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubjectsView {
+    /// One entry per event in the catalogue.
+    pub subjects: Vec<SubjectEntry>,
+}
+
+/// A template environment for subjects: plain text, no auto-escaping.
+pub fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env
+}
+
+/// Checks a subject template for `event`; on failure adds a field error and returns false.
+pub fn check_subject(errors: &mut Errors, field: &str, event: &events::Event, subject: &str) -> bool {
+    if subject.trim().is_empty() {
+        errors.add(field, "empty", format!("{field} must not be empty"));
+        return false;
+    }
+    if !check_header_text(errors, field, subject, MAX_SUBJECT_CHARS) {
+        return false;
+    }
+    let env = environment();
+    let template = match env.template_from_str(subject) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.add(field, "invalid_template", format!("{field} is not a valid template: {}", e.detail().unwrap_or("syntax error")));
+            return false;
+        }
+    };
+    let mut unknown: Vec<String> = template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|v| !event.has_variable(v))
+        .collect();
+    if unknown.is_empty() {
+        return true;
+    }
+    unknown.sort();
+    let allowed: Vec<&str> = event.all_variables().map(|v| v.name).collect();
+    errors.add(
+        field,
+        "unknown_variable",
+        format!(
+            "{field} uses {} that {} does not have; it may use: {}",
+            unknown.join(", "),
+            event.name,
+            allowed.join(", ")
+        ),
+    );
+    false
+}
+
+/// The subject template in effect for `event`.
+pub fn subject_for<'a>(custom: &'a CustomSubjects, event: &'static events::Event) -> &'a str {
+    custom.get(event.name).map_or(event.default_subject, String::as_str)
+}
+
+fn view(custom: &CustomSubjects) -> SubjectsView {
+    SubjectsView {
+        subjects: EVENTS
+            .iter()
+            .map(|e| SubjectEntry {
+                event: e.name,
+                subject: subject_for(custom, e).to_string(),
+                default_subject: e.default_subject,
+                is_default: !custom.contains_key(e.name),
+                recipient: e.recipient,
+                variables: e.all_variables().copied().collect(),
+            })
+            .collect(),
+    }
+}
+
+fn respond(stored: Option<&Stored<CustomSubjects>>) -> HttpResponse {
+    let empty = CustomSubjects::new();
+    HttpResponse::Ok()
+        .insert_header((header::ETAG, etag(stored.map_or(0, |s| s.version))))
+        .json(view(stored.map_or(&empty, |s| &s.value)))
+}
+
+pub fn load(conn: &mut DbConnection) -> Result<CustomSubjects, ApiError> {
+    Ok(store::load::<CustomSubjects>(conn, KEY)?.map(|s| s.value).unwrap_or_default())
+}
+
+/// Applies the body to `current`: `replace` for PUT, merge for PATCH. Every bad entry is reported.
+fn apply(input: SubjectsInput, current: &CustomSubjects, replace: bool) -> Result<CustomSubjects, ApiError> {
+    let mut errors = Errors::default();
+    let Some(entries) = errors.required("subjects", input.subjects, "an object mapping event names to subjects") else {
+        errors.finish()?;
+        return Ok(current.clone());
+    };
+    let mut next = if replace { CustomSubjects::new() } else { current.clone() };
+    let mut names: Vec<_> = entries.into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, value) in names {
+        let field = format!("subjects.{name}");
+        let Some(event) = events::find(&name) else {
+            errors.add(&field, "unknown_event", format!("{name} is not an event; GET /events lists them"));
+            continue;
+        };
+        match value {
+            Field::Null | Field::Missing => {
+                next.remove(event.name);
+            }
+            Field::Invalid => errors.add(&field, "invalid_type", format!("{field} must be a string or null")),
+            Field::Value(subject) => {
+                if check_subject(&mut errors, &field, event, &subject) {
+                    if subject == event.default_subject {
+                        next.remove(event.name);
+                    } else {
+                        next.insert(event.name.to_string(), subject);
+                    }
+                }
+            }
+        }
+    }
+    errors.finish()?;
+    Ok(next)
+}
+
+async fn write(
+    auth: Authorized<SettingsWrite>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    input: SubjectsInput,
+    replace: bool,
+) -> Result<HttpResponse, ApiError> {
+    let if_match = if_match_header(&req);
+    let actor = auth.sub().to_string();
+    let stored = state
+        .db
+        .write(move |conn| {
+            let current = store::load::<CustomSubjects>(conn, KEY)?;
+            let version = current.as_ref().map_or(0, |c| c.version);
+            check_if_match(if_match.as_deref(), version)?;
+            let empty = CustomSubjects::new();
+            let old = current.as_ref().map_or(&empty, |c| &c.value);
+            let next = apply(input, old, replace)?;
+            let changes = store::diff_fields(
+                &serde_json::to_value(old).unwrap_or_default(),
+                &serde_json::to_value(&next).unwrap_or_default(),
+                &[],
+            );
+            let stored = store::save(conn, KEY, next, version, &actor)?;
+            store::audit(conn, &actor, "settings.updated", KEY, serde_json::json!({ "changes": changes }))?;
+            Ok(stored)
+        })
+        .await?;
+    state.settings_changed();
+    Ok(respond(Some(&stored)))
+}
+
+/// Read the subject of every event: the custom one or the default.
+#[utoipa::path(
+    tag = "settings",
+    security(("bearer" = ["settings:read"])),
+    responses(
+        (status = 200, description = "One entry per event", body = SubjectsView, headers(("ETag" = String))),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `settings:read`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/settings/subjects")]
+pub async fn get_subjects(_auth: Authorized<SettingsRead>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let stored = state.db.read(|conn| store::load::<CustomSubjects>(conn, KEY)).await?;
+    Ok(respond(stored.as_ref()))
+}
+
+/// Replace all custom subjects; events left out go back to their default.
+#[utoipa::path(
+    tag = "settings",
+    security(("bearer" = ["settings:write"])),
+    request_body = SubjectsInput,
+    params(("If-Match" = Option<String>, Header, description = "ETag from a previous GET; 412 if the subjects changed since")),
+    responses(
+        (status = 200, description = "The subjects now in effect", body = SubjectsView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `settings:write`", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match the current ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown event, empty or too long subject, CR/LF, bad template or unknown variable (field `subjects.<event>`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[put("/settings/subjects")]
+pub async fn put_subjects(
+    auth: Authorized<SettingsWrite>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<SubjectsInput>,
+) -> Result<HttpResponse, ApiError> {
+    write(auth, state, req, body.into_inner(), true).await
+}
+
+/// Change some subjects; `null` resets an event to its default.
+#[utoipa::path(
+    tag = "settings",
+    security(("bearer" = ["settings:write"])),
+    request_body = SubjectsInput,
+    params(("If-Match" = Option<String>, Header, description = "ETag from a previous GET; 412 if the subjects changed since")),
+    responses(
+        (status = 200, description = "The subjects now in effect", body = SubjectsView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `settings:write`", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match the current ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid entries (field `subjects.<event>`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[patch("/settings/subjects")]
+pub async fn patch_subjects(
+    auth: Authorized<SettingsWrite>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<SubjectsInput>,
+) -> Result<HttpResponse, ApiError> {
+    write(auth, state, req, body.into_inner(), false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(json: serde_json::Value) -> SubjectsInput {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn field_codes(err: ApiError) -> Vec<(String, String)> {
+        match err {
+            ApiError::Validation(errors) => errors.into_iter().map(|e| (e.field, e.code)).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_bad_subject_is_reported_with_its_own_field_and_code() {
+        let long = "x".repeat(201);
+        let err = apply(
+            input(serde_json::json!({"subjects": {
+                "no_such_event": "Hi",
+                "password_reset": "",
+                "user_invited": long,
+                "user_activated": "Hi\r\nBcc: eve@example.com",
+                "user_deactivated": "Bye {{ user_name",
+                "access_request_approved": "Access to {{ organization_name }}",
+                "organization_registration_rejected": 42,
+            }})),
+            &CustomSubjects::new(),
+            true,
+        )
+        .unwrap_err();
+        let mut got = field_codes(err);
+        got.sort();
+        let expected = [
+            ("subjects.access_request_approved", "unknown_variable"),
+            ("subjects.no_such_event", "unknown_event"),
+            ("subjects.organization_registration_rejected", "invalid_type"),
+            ("subjects.password_reset", "empty"),
+            ("subjects.user_activated", "line_break"),
+            ("subjects.user_deactivated", "invalid_template"),
+            ("subjects.user_invited", "too_long"),
+        ];
+        let expected: Vec<(String, String)> = expected.iter().map(|(f, c)| (f.to_string(), c.to_string())).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn put_replaces_and_patch_merges_with_null_resetting() {
+        let mut current = CustomSubjects::new();
+        current.insert("user_invited".into(), "Join {{ portal_name }}".into());
+        let put = apply(input(serde_json::json!({"subjects": {"user_activated": "Welcome {{ user_name }}"}})), &current, true).unwrap();
+        assert_eq!(put.len(), 1);
+        assert!(put.contains_key("user_activated"));
+        let patched = apply(
+            input(serde_json::json!({"subjects": {"user_activated": "Welcome {{ user_name }}", "user_invited": null}})),
+            &current,
+            false,
+        )
+        .unwrap();
+        assert_eq!(patched.len(), 1);
+        assert!(!patched.contains_key("user_invited"));
+    }
+}

@@ -1,0 +1,190 @@
+//! `Application::build`: what `mailroom serve` and the tests both start.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_cors::Cors;
+use actix_web::dev::{Server, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{Condition, ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, App, HttpServer, ResponseError};
+use anyhow::Context;
+use secrecy::SecretString;
+use tokio::sync::Notify;
+use tracing_actix_web::TracingLogger;
+use utoipa_actix_web::AppExt;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::JwtVerifier;
+use crate::config::{Config, CorsOrigins};
+use crate::db::Db;
+use crate::error::{ApiError, PROBLEM_JSON};
+use crate::routes::{self, RouteTable};
+use crate::secrets::{self, SecretCipher};
+
+/// Shared by every request handler (and, later, the dispatcher).
+pub struct AppState {
+    pub db: Db,
+    pub cipher: SecretCipher,
+    pub config: Arc<Config>,
+    /// Woken when settings change, so held work is reconsidered at once.
+    pub settings_notify: Arc<Notify>,
+}
+
+impl AppState {
+    pub fn settings_changed(&self) {
+        self.settings_notify.notify_waiters();
+    }
+}
+
+/// Installs ring as the one rustls crypto provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The HS256 secret and verifier; generates the secret file on first start when nothing is set.
+pub fn jwt_verifier(config: &Config) -> anyhow::Result<(JwtVerifier, Option<SecretString>)> {
+    let (secret, created) = secrets::load_or_create_jwt_secret(config)?;
+    if created {
+        let path = secrets::jwt_secret_path(config);
+        eprintln!(
+            "mailroom: no MAILROOM_JWT_SECRET or MAILROOM_JWT_PUBLIC_KEY_FILE was set, so a secret was generated in {} (mode 0600).\n\
+             mailroom: mint a token with:  mailroom token --sub admin --scope 'settings:read settings:write smtp:test notifications:send notifications:read' --ttl 1h",
+            path.display()
+        );
+    }
+    let verifier = JwtVerifier::new(
+        secret.as_ref(),
+        config.jwt_public_key_file.as_deref(),
+        config.jwt_issuer.clone(),
+        config.jwt_audience.clone(),
+    )?;
+    Ok((verifier, secret))
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    pub state: web::Data<AppState>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let (verifier, _) = jwt_verifier(&config)?;
+        let key = secrets::load_or_create_secret_key(&config)?;
+        let url = config.database_url.clone();
+        let pool_size = config.db_pool_size;
+        let db = tokio::task::spawn_blocking(move || Db::connect(&url, pool_size))
+            .await
+            .context("database setup panicked")??;
+        let listener = TcpListener::bind(config.bind)
+            .with_context(|| format!("MAILROOM_BIND: cannot listen on {}", config.bind))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            db,
+            cipher: SecretCipher::new(&key),
+            config: Arc::new(config),
+            settings_notify: Arc::new(Notify::new()),
+        });
+        let server = run(listener, state.clone(), web::Data::new(verifier))?;
+        Ok(Self { port, server, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+}
+
+fn cors(origins: &CorsOrigins) -> Cors {
+    let cors = Cors::default()
+        .allowed_methods(["GET", "PUT", "PATCH", "POST", "DELETE"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .max_age(3600);
+    match origins {
+        CorsOrigins::Any => cors.allow_any_origin().send_wildcard(),
+        CorsOrigins::List(list) => list.iter().fold(cors, |c, o| c.allowed_origin(o)),
+    }
+}
+
+/// Rewrites any error response that is not yet problem+json (from actix itself or a middleware)
+/// so that clients see one error shape everywhere.
+fn problem_safety_net<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if is_problem {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let error = match status.as_u16() {
+        400 => ApiError::BadRequest {
+            code: "bad_request",
+            detail: "the request was rejected (for a browser, check that its origin is allowed by MAILROOM_CORS_ORIGINS)".into(),
+        },
+        404 => ApiError::NotFound(format!("no resource at {}", res.request().path())),
+        413 => ApiError::PayloadTooLarge { limit: routes::JSON_LIMIT },
+        415 => ApiError::UnsupportedMediaType("unsupported content type".into()),
+        _ if status.is_server_error() => ApiError::Internal(anyhow::anyhow!("unhandled {status} response")),
+        _ => ApiError::BadRequest {
+            code: "bad_request",
+            detail: status.canonical_reason().unwrap_or("request rejected").to_string(),
+        },
+    };
+    let mut problem = error.error_response();
+    *problem.status_mut() = status;
+    for (name, value) in res.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    let (req, _) = res.into_parts();
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, problem).map_into_right_body(),
+    ))
+}
+
+fn run(listener: TcpListener, state: web::Data<AppState>, verifier: web::Data<JwtVerifier>) -> anyhow::Result<Server> {
+    let spec = crate::openapi::document();
+    let route_table = web::Data::new(RouteTable::from_openapi(&spec));
+    let cors_enabled = state.config.cors_origins != CorsOrigins::List(Vec::new());
+    let origins = state.config.cors_origins.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(Condition::new(cors_enabled, cors(&origins)))
+            .wrap(ErrorHandlers::new().default_handler(problem_safety_net))
+            .wrap(TracingLogger::default())
+            .app_data(state.clone())
+            .app_data(verifier.clone())
+            .app_data(route_table.clone())
+            .app_data(routes::json_config())
+            .app_data(routes::query_config())
+            .app_data(routes::path_config())
+            .into_utoipa_app()
+            .openapi(crate::openapi::base())
+            .configure(routes::api)
+            .openapi_service(|_| SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", spec.clone()))
+            .into_app()
+            .default_service(web::to(routes::fallback))
+    })
+    .listen(listener)?
+    .shutdown_timeout(30)
+    .run();
+    Ok(server)
+}
