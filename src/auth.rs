@@ -79,7 +79,10 @@ impl JwtVerifier {
         let public_key = match public_key_file {
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| {
-                    anyhow::anyhow!("MAILROOM_JWT_PUBLIC_KEY_FILE: cannot read {}: {e}", path.display())
+                    anyhow::anyhow!(
+                        "MAILROOM_JWT_PUBLIC_KEY_FILE: cannot read {}: {e}",
+                        path.display()
+                    )
                 })?;
                 let key = DecodingKey::from_rsa_pem(&pem)
                     .map(|k| (k, Algorithm::RS256))
@@ -116,7 +119,14 @@ impl JwtVerifier {
         .ok_or_else(|| invalid("the token's algorithm is not accepted"))?;
 
         let mut validation = Validation::new(header.alg);
-        validation.set_required_spec_claims(&["exp"]);
+        let mut required = vec!["exp"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = 30;

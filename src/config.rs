@@ -272,13 +272,8 @@ impl Config {
             secret_key,
             secret_key_file: get("MAILROOM_SECRET_KEY_FILE").map(PathBuf::from),
             cors_origins,
-            smtp_test_rate_per_minute: parse_num(
-                vars,
-                "MAILROOM_SMTP_TEST_RATE_PER_MINUTE",
-                10,
-                1,
-                10_000,
-            )? as u32,
+            smtp_test_rate_per_minute: parse_num(vars, "MAILROOM_SMTP_TEST_RATE_PER_MINUTE", 10, 1, 10_000)?
+                as u32,
             smtp_allowed_hosts,
             smtp_ca_file,
             smtp_helo_name: get("MAILROOM_SMTP_HELO_NAME").map(str::to_string),
@@ -361,7 +356,9 @@ pub fn parse_key(value: &str) -> Result<[u8; 32], String> {
     };
     bytes
         .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-        .ok_or_else(|| "must be 32 bytes written as base64 or 64 hex digits (e.g. `openssl rand -base64 32`)".to_string())
+        .ok_or_else(|| {
+            "must be 32 bytes written as base64 or 64 hex digits (e.g. `openssl rand -base64 32`)".to_string()
+        })
 }
 
 fn check_origin(origin: &str) -> Result<String, String> {
@@ -382,7 +379,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -430,9 +430,11 @@ mod tests {
 
     #[test]
     fn the_sqlite_data_directory_is_beside_the_database_file() {
-        let config =
-            Config::from_vars(&vars(&[("MAILROOM_DATABASE_URL", "sqlite:///var/lib/mailroom/db.sqlite")]))
-                .unwrap();
+        let config = Config::from_vars(&vars(&[(
+            "MAILROOM_DATABASE_URL",
+            "sqlite:///var/lib/mailroom/db.sqlite",
+        )]))
+        .unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/mailroom"));
     }
 }

@@ -41,7 +41,10 @@ const fn req(name: &'static str) -> Variable {
 }
 
 const fn opt(name: &'static str) -> Variable {
-    Variable { name, required: false }
+    Variable {
+        name,
+        required: false,
+    }
 }
 
 const HOUR: i64 = 3600;
@@ -60,7 +63,12 @@ pub static EVENTS: &[Event] = &[
         name: "access_request_created",
         description: "A user requested access to an API product.",
         recipient: Recipient::Admin,
-        variables: &[req("user_name"), req("user_email"), req("product_name"), opt("request_url")],
+        variables: &[
+            req("user_name"),
+            req("user_email"),
+            req("product_name"),
+            opt("request_url"),
+        ],
         default_subject: "New access request for {{ product_name }}",
         default_ttl_seconds: 3 * DAY,
     },
@@ -116,7 +124,12 @@ pub static EVENTS: &[Event] = &[
         name: "organization_registration_requested",
         description: "A new organisation asked to register.",
         recipient: Recipient::Admin,
-        variables: &[req("organization_name"), req("user_email"), opt("user_name"), opt("review_url")],
+        variables: &[
+            req("organization_name"),
+            req("user_email"),
+            opt("user_name"),
+            opt("review_url"),
+        ],
         default_subject: "New organization registration request: {{ organization_name }}",
         default_ttl_seconds: 3 * DAY,
     },
@@ -140,7 +153,12 @@ pub static EVENTS: &[Event] = &[
         name: "change_request_updated",
         description: "A change request the user follows changed status.",
         recipient: Recipient::User,
-        variables: &[req("change_request_id"), req("title"), req("status"), opt("change_request_url")],
+        variables: &[
+            req("change_request_id"),
+            req("title"),
+            req("status"),
+            opt("change_request_url"),
+        ],
         default_subject: "Change request {{ change_request_id }} is now {{ status }}",
         default_ttl_seconds: 3 * DAY,
     },

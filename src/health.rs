@@ -48,5 +48,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Readiness>, 
                 .map_err(|e| ApiError::Unavailable(format!("database query failed: {e}")))
         })
         .await?;
-    Ok(web::Json(Readiness { status: "ready", database }))
+    Ok(web::Json(Readiness {
+        status: "ready",
+        database,
+    }))
 }

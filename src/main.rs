@@ -9,7 +9,11 @@ use mailroom::config::Config;
 use mailroom::startup::{self, Application};
 
 #[derive(Parser)]
-#[command(name = "mailroom", version, about = "Email notifications for portals and internal tools")]
+#[command(
+    name = "mailroom",
+    version,
+    about = "Email notifications for portals and internal tools"
+)]
 struct Cli {
     /// A TOML file whose keys are the MAILROOM_* variables without the prefix, in lower case
     /// (e.g. `bind = "0.0.0.0:8080"`). Environment variables override it.
@@ -68,7 +72,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Openapi = command {
-        print!("{}", mailroom::openapi::to_pretty_json(&mailroom::openapi::document()));
+        print!(
+            "{}",
+            mailroom::openapi::to_pretty_json(&mailroom::openapi::document())
+        );
         return Ok(());
     }
     let config = Config::load(cli.config.as_deref())?;
@@ -76,7 +83,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config),
         Command::Migrate => {
             mailroom::db::Db::connect(&config.database_url, 1)?;
-            eprintln!("mailroom: migrations applied to the {} database", config.database_url.backend_name());
+            eprintln!(
+                "mailroom: migrations applied to the {} database",
+                config.database_url.backend_name()
+            );
             Ok(())
         }
         Command::Token { scope, sub, ttl } => {
@@ -90,8 +100,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect();
-            if let Some(bad) = scopes.iter().find(|s| !mailroom::auth::ALL_SCOPES.contains(&s.as_str())) {
-                anyhow::bail!("unknown scope '{bad}'; scopes are: {}", mailroom::auth::ALL_SCOPES.join(" "));
+            if let Some(bad) = scopes
+                .iter()
+                .find(|s| !mailroom::auth::ALL_SCOPES.contains(&s.as_str()))
+            {
+                anyhow::bail!(
+                    "unknown scope '{bad}'; scopes are: {}",
+                    mailroom::auth::ALL_SCOPES.join(" ")
+                );
             }
             let token = mailroom::auth::mint_token(
                 &secret,

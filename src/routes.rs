@@ -42,14 +42,20 @@ fn json_error(err: JsonPayloadError) -> ApiError {
         }
         // Type errors inside fields are collected per field; this is a body of the wrong shape.
         // The serde message is not echoed: it can quote the submitted values.
-        JsonPayloadError::Deserialize(e) if e.is_data() => {
-            ApiError::field("body", "invalid_type", "the body must be a JSON object with the documented fields")
-        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::field(
+            "body",
+            "invalid_type",
+            "the body must be a JSON object with the documented fields",
+        ),
         JsonPayloadError::Deserialize(e) => ApiError::BadRequest {
             code: "malformed_json",
             detail: format!(
                 "the body is not valid JSON ({} at line {}, column {})",
-                if e.is_eof() { "unexpected end" } else { "syntax error" },
+                if e.is_eof() {
+                    "unexpected end"
+                } else {
+                    "syntax error"
+                },
                 e.line(),
                 e.column()
             ),
@@ -67,7 +73,12 @@ pub fn query_config() -> web::QueryConfig {
             QueryPayloadError::Deserialize(e) => e.to_string(),
             _ => "invalid query string".to_string(),
         };
-        ApiError::field("query", "invalid_query", format!("the query string is invalid: {detail}")).into()
+        ApiError::field(
+            "query",
+            "invalid_query",
+            format!("the query string is invalid: {detail}"),
+        )
+        .into()
     })
 }
 
@@ -88,11 +99,13 @@ impl RouteTable {
             .iter()
             .map(|(path, item)| {
                 let json = serde_json::to_value(item).unwrap_or_default();
-                let methods = ["get", "put", "post", "patch", "delete", "head", "options", "trace"]
-                    .into_iter()
-                    .filter(|m| json.get(m).is_some())
-                    .map(|m| m.to_ascii_uppercase())
-                    .collect();
+                let methods = [
+                    "get", "put", "post", "patch", "delete", "head", "options", "trace",
+                ]
+                .into_iter()
+                .filter(|m| json.get(m).is_some())
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
                 (ResourceDef::new(path.as_str()), methods)
             })
             .collect();
@@ -105,7 +118,9 @@ impl RouteTable {
 pub async fn fallback(req: HttpRequest, table: web::Data<RouteTable>) -> Result<HttpResponse, ApiError> {
     let path = req.path();
     Err(match table.0.iter().find(|(def, _)| def.is_match(path)) {
-        Some((_, methods)) => ApiError::MethodNotAllowed { allow: methods.clone() },
+        Some((_, methods)) => ApiError::MethodNotAllowed {
+            allow: methods.clone(),
+        },
         None => ApiError::NotFound(format!("no resource at {path}")),
     })
 }

@@ -22,7 +22,8 @@ pub struct SecretCipher {
 
 impl SecretCipher {
     pub fn new(key: &SecretBox<[u8; 32]>) -> Self {
-        let cipher = Aes256Gcm::new_from_slice(key.expose_secret()).expect("a 32-byte key is valid for AES-256");
+        let cipher =
+            Aes256Gcm::new_from_slice(key.expose_secret()).expect("a 32-byte key is valid for AES-256");
         Self { cipher }
     }
 
@@ -119,7 +120,8 @@ pub fn load_or_create_secret_key(config: &Config) -> anyhow::Result<SecretBox<[u
         tracing::warn!(path = %path.display(), "generated a new encryption key for stored SMTP passwords; back it up with the database");
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let key = parse_key(&text).map_err(|m| anyhow::anyhow!("MAILROOM_SECRET_KEY_FILE ({}): {m}", path.display()))?;
+    let key = parse_key(&text)
+        .map_err(|m| anyhow::anyhow!("MAILROOM_SECRET_KEY_FILE ({}): {m}", path.display()))?;
     Ok(SecretBox::new(Box::new(key)))
 }
 
@@ -183,7 +185,10 @@ mod tests {
         assert!(created && secret.is_some());
         load_or_create_secret_key(&config).unwrap();
         for name in ["jwt-secret", "secret.key"] {
-            let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         let (again, created) = load_or_create_jwt_secret(&config).unwrap();

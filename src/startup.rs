@@ -114,7 +114,12 @@ fn cors(origins: &CorsOrigins) -> Cors {
             header::IF_NONE_MATCH,
             header::HeaderName::from_static("idempotency-key"),
         ])
-        .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::RETRY_AFTER,
+            header::WWW_AUTHENTICATE,
+        ])
         .max_age(3600);
     match origins {
         CorsOrigins::Any => cors.allow_any_origin().send_wildcard(),
@@ -160,7 +165,11 @@ fn problem_safety_net<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHand
     ))
 }
 
-fn run(listener: TcpListener, state: web::Data<AppState>, verifier: web::Data<JwtVerifier>) -> anyhow::Result<Server> {
+fn run(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    verifier: web::Data<JwtVerifier>,
+) -> anyhow::Result<Server> {
     let spec = crate::openapi::document();
     let route_table = web::Data::new(RouteTable::from_openapi(&spec));
     let cors_enabled = state.config.cors_origins != CorsOrigins::List(Vec::new());

@@ -28,6 +28,19 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
     }
 }
 
+/// A request body that must be a JSON object (serde would otherwise fill a struct from an array).
+#[derive(Debug)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        T::deserialize(serde_json::Value::Object(map))
+            .map(Object)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Collects field errors; the request fails once, with all of them.
 #[derive(Debug, Default)]
 pub struct Errors(Vec<FieldError>);
@@ -96,10 +109,18 @@ pub fn check_header_text(errors: &mut Errors, field: &str, value: &str, max_char
         errors.add(field, "line_break", format!("{field} must not contain CR or LF"));
         false
     } else if value.chars().any(char::is_control) {
-        errors.add(field, "control_character", format!("{field} must not contain control characters"));
+        errors.add(
+            field,
+            "control_character",
+            format!("{field} must not contain control characters"),
+        );
         false
     } else if value.chars().count() > max_chars {
-        errors.add(field, "too_long", format!("{field} must be at most {max_chars} characters"));
+        errors.add(
+            field,
+            "too_long",
+            format!("{field} must be at most {max_chars} characters"),
+        );
         false
     } else {
         true
@@ -114,12 +135,14 @@ pub fn check_email(errors: &mut Errors, field: &str, value: &str) -> bool {
         return false;
     }
     let valid = value.len() <= 254
-        && !value.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
         && value.validate_email()
         && value.parse::<lettre::Address>().is_ok()
-        && value
-            .rsplit_once('@')
-            .is_some_and(|(_, domain)| domain == "localhost" || (domain.contains('.') && !domain.ends_with('.')));
+        && value.rsplit_once('@').is_some_and(|(_, domain)| {
+            domain == "localhost" || (domain.contains('.') && !domain.ends_with('.'))
+        });
     if !valid {
         errors.add(
             field,
@@ -149,7 +172,8 @@ pub fn check_host(errors: &mut Errors, field: &str, value: &str) -> bool {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     let valid = !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok);
     if !valid {
@@ -204,7 +228,11 @@ mod tests {
             assert!(errors.has("email"));
         }
         let mut errors = Errors::default();
-        assert!(check_email(&mut errors, "email", "ada.lovelace+portal@example.co.uk"));
+        assert!(check_email(
+            &mut errors,
+            "email",
+            "ada.lovelace+portal@example.co.uk"
+        ));
         assert!(check_email(&mut errors, "email", "root@localhost"));
         assert!(errors.is_empty());
     }

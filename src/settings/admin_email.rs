@@ -13,7 +13,7 @@ use crate::auth::Authorized;
 use crate::db::{millis_to_datetime, DbConnection};
 use crate::error::{ApiError, Problem};
 use crate::startup::AppState;
-use crate::validation::{check_email, Errors, Field};
+use crate::validation::{check_email, Errors, Field, Object};
 
 pub const KEY: &str = "admin_email";
 
@@ -53,7 +53,9 @@ fn respond(stored: Option<&Stored<Option<AdminEmail>>>) -> HttpResponse {
 
 /// The admin address, if one is set.
 pub fn load(conn: &mut DbConnection) -> Result<Option<String>, ApiError> {
-    Ok(store::load::<Option<AdminEmail>>(conn, KEY)?.and_then(|s| s.value).map(|a| a.email))
+    Ok(store::load::<Option<AdminEmail>>(conn, KEY)?
+        .and_then(|s| s.value)
+        .map(|a| a.email))
 }
 
 /// Read the admin notification address.
@@ -67,8 +69,14 @@ pub fn load(conn: &mut DbConnection) -> Result<Option<String>, ApiError> {
     )
 )]
 #[get("/settings/admin-email")]
-pub async fn get_admin_email(_auth: Authorized<SettingsRead>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let stored = state.db.read(|conn| store::load::<Option<AdminEmail>>(conn, KEY)).await?;
+pub async fn get_admin_email(
+    _auth: Authorized<SettingsRead>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let stored = state
+        .db
+        .read(|conn| store::load::<Option<AdminEmail>>(conn, KEY))
+        .await?;
     Ok(respond(stored.as_ref()))
 }
 
@@ -92,13 +100,15 @@ pub async fn put_admin_email(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<AdminEmailInput>,
+    body: web::Json<Object<AdminEmailInput>>,
 ) -> Result<HttpResponse, ApiError> {
     let mut errors = Errors::default();
-    let next = match body.into_inner().email {
+    let next = match body.into_inner().0.email {
         Field::Null => None,
         email => {
-            let email = errors.required("email", email, "a string").map(|e| e.trim().to_string());
+            let email = errors
+                .required("email", email, "a string")
+                .map(|e| e.trim().to_string());
             if let Some(e) = &email {
                 check_email(&mut errors, "email", e);
             }
@@ -121,7 +131,13 @@ pub async fn put_admin_email(
                 &[],
             );
             let stored = store::save(conn, KEY, next, version, &actor)?;
-            store::audit(conn, &actor, "settings.updated", KEY, serde_json::json!({ "changes": changes }))?;
+            store::audit(
+                conn,
+                &actor,
+                "settings.updated",
+                KEY,
+                serde_json::json!({ "changes": changes }),
+            )?;
             Ok(stored)
         })
         .await?;

@@ -64,13 +64,20 @@ pub async fn list_audit(
 ) -> Result<web::Json<AuditPage>, ApiError> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(ApiError::field("limit", "out_of_range", "limit must be between 1 and 200"));
+        return Err(ApiError::field(
+            "limit",
+            "out_of_range",
+            "limit must be between 1 and 200",
+        ));
     }
     let before = match &query.cursor {
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::field("cursor", "invalid_cursor", "cursor must be a next_cursor from a previous page"))?,
-        ),
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            ApiError::field(
+                "cursor",
+                "invalid_cursor",
+                "cursor must be a next_cursor from a previous page",
+            )
+        })?),
         None => None,
     };
     let rows: Vec<(i64, i64, String, String, String, String)> = state
@@ -106,6 +113,10 @@ pub async fn list_audit(
             details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
         })
         .collect();
-    let next_cursor = if more { entries.last().map(|e| e.id.to_string()) } else { None };
+    let next_cursor = if more {
+        entries.last().map(|e| e.id.to_string())
+    } else {
+        None
+    };
     Ok(web::Json(AuditPage { entries, next_cursor }))
 }

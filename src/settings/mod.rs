@@ -3,8 +3,8 @@
 pub mod admin_email;
 pub mod audit;
 pub mod smtp;
-pub mod subjects;
 pub mod store;
+pub mod subjects;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
@@ -22,9 +22,10 @@ pub fn check_if_match(if_match: Option<&str>, current_version: i64) -> Result<()
         return Ok(());
     };
     let current = etag(current_version);
-    let matches = if_match.split(',').map(str::trim).any(|tag| {
-        tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current
-    });
+    let matches = if_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current);
     if matches {
         Ok(())
     } else {
@@ -49,6 +50,9 @@ mod tests {
         assert!(check_if_match(Some("W/\"3\""), 3).is_ok());
         assert!(check_if_match(Some("\"1\", \"3\""), 3).is_ok());
         assert!(check_if_match(Some("*"), 3).is_ok());
-        assert!(matches!(check_if_match(Some("\"2\""), 3), Err(ApiError::PreconditionFailed)));
+        assert!(matches!(
+            check_if_match(Some("\"2\""), 3),
+            Err(ApiError::PreconditionFailed)
+        ));
     }
 }

@@ -15,7 +15,7 @@ use crate::db::{millis_to_datetime, DbConnection};
 use crate::error::{ApiError, Problem};
 use crate::secrets::SecretCipher;
 use crate::startup::AppState;
-use crate::validation::{check_email, check_header_text, check_host, Errors, Field};
+use crate::validation::{check_email, check_header_text, check_host, Errors, Field, Object};
 
 pub const KEY: &str = "smtp";
 /// Associated data for the password ciphertext.
@@ -172,7 +172,9 @@ impl SmtpSettingsInput {
     /// Validates every field, reporting each failure with its name (prefixed with `prefix`).
     pub fn parse(self, prefix: &str, errors: &mut Errors) -> Option<SmtpDraft> {
         let f = |name: &str| format!("{prefix}{name}");
-        let host = errors.required(&f("host"), self.host, "a string").map(|h| h.trim().to_string());
+        let host = errors
+            .required(&f("host"), self.host, "a string")
+            .map(|h| h.trim().to_string());
         if let Some(h) = &host {
             check_host(errors, &f("host"), h);
         }
@@ -180,7 +182,11 @@ impl SmtpSettingsInput {
             Some(s) => {
                 let parsed = Security::parse(&s);
                 if parsed.is_none() {
-                    errors.add(f("security"), "invalid_choice", format!("{} must be one of none, starttls, tls", f("security")));
+                    errors.add(
+                        f("security"),
+                        "invalid_choice",
+                        format!("{} must be one of none, starttls, tls", f("security")),
+                    );
                 }
                 parsed
             }
@@ -189,12 +195,20 @@ impl SmtpSettingsInput {
         let port = match errors.optional(&f("port"), self.port, "an integer") {
             Some(p) if (1..=65535).contains(&p) => Some(p as u16),
             Some(_) => {
-                errors.add(f("port"), "out_of_range", format!("{} must be between 1 and 65535", f("port")));
+                errors.add(
+                    f("port"),
+                    "out_of_range",
+                    format!("{} must be between 1 and 65535", f("port")),
+                );
                 None
             }
             None => None,
         };
-        let security_or_default = security.unwrap_or(if port == Some(465) { Security::Tls } else { Security::Starttls });
+        let security_or_default = security.unwrap_or(if port == Some(465) {
+            Security::Tls
+        } else {
+            Security::Starttls
+        });
         let port = port.unwrap_or(security_or_default.default_port());
 
         let username = non_empty(errors.optional(&f("username"), self.username, "a string"));
@@ -207,18 +221,33 @@ impl SmtpSettingsInput {
             Field::Value(p) if p.is_empty() => PasswordChange::Keep,
             Field::Value(p) => {
                 if p.contains('\0') || p.len() > 1024 {
-                    errors.add(f("password"), "invalid_password", format!("{} must be at most 1024 bytes without NUL characters", f("password")));
+                    errors.add(
+                        f("password"),
+                        "invalid_password",
+                        format!(
+                            "{} must be at most 1024 bytes without NUL characters",
+                            f("password")
+                        ),
+                    );
                 }
                 PasswordChange::Set(SecretString::from(p))
             }
             // A generic message: the value itself must never be echoed.
             Field::Invalid => {
-                errors.add(f("password"), "invalid_type", format!("{} must be a string", f("password")));
+                errors.add(
+                    f("password"),
+                    "invalid_type",
+                    format!("{} must be a string", f("password")),
+                );
                 PasswordChange::Keep
             }
         };
         if matches!(password, PasswordChange::Set(_)) && username.is_none() {
-            errors.add(f("password"), "password_without_username", "a password needs a username: set username too, or leave password out");
+            errors.add(
+                f("password"),
+                "password_without_username",
+                "a password needs a username: set username too, or leave password out",
+            );
         }
         let mut email = |name: &str, value: Field<String>| {
             let v = non_empty(errors.optional(&f(name), value, "a string"));
@@ -233,17 +262,28 @@ impl SmtpSettingsInput {
         if let Some(n) = &from_name {
             check_header_text(errors, &f("from_name"), n, 200);
         }
-        let timeout_seconds = match errors.optional(&f("timeout_seconds"), self.timeout_seconds, "an integer") {
+        let timeout_seconds = match errors.optional(&f("timeout_seconds"), self.timeout_seconds, "an integer")
+        {
             Some(t) if (1..=120).contains(&t) => t as u32,
             Some(_) => {
-                errors.add(f("timeout_seconds"), "out_of_range", format!("{} must be between 1 and 120", f("timeout_seconds")));
+                errors.add(
+                    f("timeout_seconds"),
+                    "out_of_range",
+                    format!("{} must be between 1 and 120", f("timeout_seconds")),
+                );
                 DEFAULT_TIMEOUT_SECONDS
             }
             None => DEFAULT_TIMEOUT_SECONDS,
         };
-        let tls_verify = errors.optional(&f("tls_verify"), self.tls_verify, "true or false").unwrap_or(true);
+        let tls_verify = errors
+            .optional(&f("tls_verify"), self.tls_verify, "true or false")
+            .unwrap_or(true);
         let allow_insecure_auth = errors
-            .optional(&f("allow_insecure_auth"), self.allow_insecure_auth, "true or false")
+            .optional(
+                &f("allow_insecure_auth"),
+                self.allow_insecure_auth,
+                "true or false",
+            )
             .unwrap_or(false);
         if security == Some(Security::None) && username.is_some() && !allow_insecure_auth {
             errors.add(
@@ -281,16 +321,21 @@ impl SmtpDraft {
             PasswordChange::Set(p) => PasswordSource::New(p),
             PasswordChange::Remove => PasswordSource::None,
             PasswordChange::Keep => match saved {
-                Some(s) if s.same_account(&self.host, self.port, self.username.as_deref()) => {
-                    s.password.as_deref().map_or(PasswordSource::None, PasswordSource::Saved)
-                }
+                Some(s) if s.same_account(&self.host, self.port, self.username.as_deref()) => s
+                    .password
+                    .as_deref()
+                    .map_or(PasswordSource::None, PasswordSource::Saved),
                 _ => PasswordSource::None,
             },
         }
     }
 
     /// The document to store, with the password sealed (or carried over, or dropped).
-    fn into_settings(self, saved: Option<&SmtpSettings>, cipher: &SecretCipher) -> Result<SmtpSettings, ApiError> {
+    fn into_settings(
+        self,
+        saved: Option<&SmtpSettings>,
+        cipher: &SecretCipher,
+    ) -> Result<SmtpSettings, ApiError> {
         let password = match self.password_source(saved) {
             PasswordSource::New(p) => Some(cipher.encrypt(PASSWORD_PURPOSE, p.expose_secret())?),
             PasswordSource::Saved(sealed) => Some(sealed.to_string()),
@@ -398,7 +443,10 @@ pub fn load(conn: &mut DbConnection) -> Result<Option<Stored<SmtpSettings>>, Api
     )
 )]
 #[get("/settings/smtp")]
-pub async fn get_smtp(_auth: Authorized<SettingsRead>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn get_smtp(
+    _auth: Authorized<SettingsRead>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let stored = state.db.read(load).await?;
     Ok(respond(stored.as_ref()))
 }
@@ -428,10 +476,10 @@ pub async fn put_smtp(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<SmtpSettingsInput>,
+    body: web::Json<Object<SmtpSettingsInput>>,
 ) -> Result<HttpResponse, ApiError> {
     let mut errors = Errors::default();
-    let draft = body.into_inner().parse("", &mut errors);
+    let draft = body.into_inner().0.parse("", &mut errors);
     errors.finish()?;
     let draft = draft.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("validated draft missing")))?;
     let if_match = if_match_header(&req);
@@ -450,7 +498,13 @@ pub async fn put_smtp(
                 &["password"],
             );
             let stored = store::save(conn, KEY, next, current.map_or(0, |c| c.version), &actor)?;
-            store::audit(conn, &actor, "settings.updated", KEY, serde_json::json!({ "changes": changes }))?;
+            store::audit(
+                conn,
+                &actor,
+                "settings.updated",
+                KEY,
+                serde_json::json!({ "changes": changes }),
+            )?;
             Ok(stored)
         })
         .await?;

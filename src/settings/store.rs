@@ -28,7 +28,12 @@ struct Row {
 pub fn load<T: DeserializeOwned>(conn: &mut DbConnection, key: &str) -> Result<Option<Stored<T>>, ApiError> {
     let row: Option<Row> = settings::table
         .filter(settings::key.eq(key))
-        .select((settings::value, settings::version, settings::updated_at, settings::updated_by))
+        .select((
+            settings::value,
+            settings::version,
+            settings::updated_at,
+            settings::updated_by,
+        ))
         .first(conn)
         .optional()?;
     row.map(|r| {
@@ -67,18 +72,23 @@ pub fn save<T: Serialize>(
             ))
             .execute(conn)
             .or_else(|e| match e {
-                diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => Ok(0),
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => Ok(0),
                 e => Err(e),
             })?
     } else {
-        diesel::update(settings::table.filter(settings::key.eq(key).and(settings::version.eq(previous_version))))
-            .set((
-                settings::value.eq(&json),
-                settings::version.eq(version),
-                settings::updated_at.eq(now),
-                settings::updated_by.eq(actor),
-            ))
-            .execute(conn)?
+        diesel::update(
+            settings::table.filter(settings::key.eq(key).and(settings::version.eq(previous_version))),
+        )
+        .set((
+            settings::value.eq(&json),
+            settings::version.eq(version),
+            settings::updated_at.eq(now),
+            settings::updated_by.eq(actor),
+        ))
+        .execute(conn)?
     };
     if written == 0 {
         return Err(ApiError::Conflict {
@@ -115,7 +125,11 @@ pub fn audit(
 }
 
 /// One changed field for the audit log: values for plain fields, only "changed" for secrets.
-pub fn diff_fields(old: &serde_json::Value, new: &serde_json::Value, secrets: &[&str]) -> Vec<serde_json::Value> {
+pub fn diff_fields(
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    secrets: &[&str],
+) -> Vec<serde_json::Value> {
     let empty = serde_json::Map::new();
     let old = old.as_object().unwrap_or(&empty);
     let new = new.as_object().unwrap_or(&empty);
@@ -124,7 +138,10 @@ pub fn diff_fields(old: &serde_json::Value, new: &serde_json::Value, secrets: &[
     keys.dedup();
     keys.into_iter()
         .filter_map(|k| {
-            let (o, n) = (old.get(k).unwrap_or(&serde_json::Value::Null), new.get(k).unwrap_or(&serde_json::Value::Null));
+            let (o, n) = (
+                old.get(k).unwrap_or(&serde_json::Value::Null),
+                new.get(k).unwrap_or(&serde_json::Value::Null),
+            );
             if o == n {
                 None
             } else if secrets.contains(&k.as_str()) {

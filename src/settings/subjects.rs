@@ -15,7 +15,7 @@ use crate::db::DbConnection;
 use crate::error::{ApiError, Problem};
 use crate::events::{self, Recipient, Variable, EVENTS};
 use crate::startup::AppState;
-use crate::validation::{check_header_text, Errors, Field};
+use crate::validation::{check_header_text, Errors, Field, Object};
 
 pub const KEY: &str = "subjects";
 pub const MAX_SUBJECT_CHARS: usize = 200;
@@ -72,7 +72,14 @@ pub fn check_subject(errors: &mut Errors, field: &str, event: &events::Event, su
     let template = match env.template_from_str(subject) {
         Ok(t) => t,
         Err(e) => {
-            errors.add(field, "invalid_template", format!("{field} is not a valid template: {}", e.detail().unwrap_or("syntax error")));
+            errors.add(
+                field,
+                "invalid_template",
+                format!(
+                    "{field} is not a valid template: {}",
+                    e.detail().unwrap_or("syntax error")
+                ),
+            );
             return false;
         }
     };
@@ -101,7 +108,9 @@ pub fn check_subject(errors: &mut Errors, field: &str, event: &events::Event, su
 
 /// The subject template in effect for `event`.
 pub fn subject_for<'a>(custom: &'a CustomSubjects, event: &'static events::Event) -> &'a str {
-    custom.get(event.name).map_or(event.default_subject, String::as_str)
+    custom
+        .get(event.name)
+        .map_or(event.default_subject, String::as_str)
 }
 
 fn view(custom: &CustomSubjects) -> SubjectsView {
@@ -128,30 +137,48 @@ fn respond(stored: Option<&Stored<CustomSubjects>>) -> HttpResponse {
 }
 
 pub fn load(conn: &mut DbConnection) -> Result<CustomSubjects, ApiError> {
-    Ok(store::load::<CustomSubjects>(conn, KEY)?.map(|s| s.value).unwrap_or_default())
+    Ok(store::load::<CustomSubjects>(conn, KEY)?
+        .map(|s| s.value)
+        .unwrap_or_default())
 }
 
 /// Applies the body to `current`: `replace` for PUT, merge for PATCH. Every bad entry is reported.
 fn apply(input: SubjectsInput, current: &CustomSubjects, replace: bool) -> Result<CustomSubjects, ApiError> {
     let mut errors = Errors::default();
-    let Some(entries) = errors.required("subjects", input.subjects, "an object mapping event names to subjects") else {
+    let Some(entries) = errors.required(
+        "subjects",
+        input.subjects,
+        "an object mapping event names to subjects",
+    ) else {
         errors.finish()?;
         return Ok(current.clone());
     };
-    let mut next = if replace { CustomSubjects::new() } else { current.clone() };
+    let mut next = if replace {
+        CustomSubjects::new()
+    } else {
+        current.clone()
+    };
     let mut names: Vec<_> = entries.into_iter().collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, value) in names {
         let field = format!("subjects.{name}");
         let Some(event) = events::find(&name) else {
-            errors.add(&field, "unknown_event", format!("{name} is not an event; GET /events lists them"));
+            errors.add(
+                &field,
+                "unknown_event",
+                format!("{name} is not an event; GET /events lists them"),
+            );
             continue;
         };
         match value {
             Field::Null | Field::Missing => {
                 next.remove(event.name);
             }
-            Field::Invalid => errors.add(&field, "invalid_type", format!("{field} must be a string or null")),
+            Field::Invalid => errors.add(
+                &field,
+                "invalid_type",
+                format!("{field} must be a string or null"),
+            ),
             Field::Value(subject) => {
                 if check_subject(&mut errors, &field, event, &subject) {
                     if subject == event.default_subject {
@@ -191,7 +218,13 @@ async fn write(
                 &[],
             );
             let stored = store::save(conn, KEY, next, version, &actor)?;
-            store::audit(conn, &actor, "settings.updated", KEY, serde_json::json!({ "changes": changes }))?;
+            store::audit(
+                conn,
+                &actor,
+                "settings.updated",
+                KEY,
+                serde_json::json!({ "changes": changes }),
+            )?;
             Ok(stored)
         })
         .await?;
@@ -210,8 +243,14 @@ async fn write(
     )
 )]
 #[get("/settings/subjects")]
-pub async fn get_subjects(_auth: Authorized<SettingsRead>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let stored = state.db.read(|conn| store::load::<CustomSubjects>(conn, KEY)).await?;
+pub async fn get_subjects(
+    _auth: Authorized<SettingsRead>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let stored = state
+        .db
+        .read(|conn| store::load::<CustomSubjects>(conn, KEY))
+        .await?;
     Ok(respond(stored.as_ref()))
 }
 
@@ -235,9 +274,9 @@ pub async fn put_subjects(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<SubjectsInput>,
+    body: web::Json<Object<SubjectsInput>>,
 ) -> Result<HttpResponse, ApiError> {
-    write(auth, state, req, body.into_inner(), true).await
+    write(auth, state, req, body.into_inner().0, true).await
 }
 
 /// Change some subjects; `null` resets an event to its default.
@@ -260,9 +299,9 @@ pub async fn patch_subjects(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<SubjectsInput>,
+    body: web::Json<Object<SubjectsInput>>,
 ) -> Result<HttpResponse, ApiError> {
-    write(auth, state, req, body.into_inner(), false).await
+    write(auth, state, req, body.into_inner().0, false).await
 }
 
 #[cfg(test)]
@@ -308,7 +347,10 @@ mod tests {
             ("subjects.user_deactivated", "invalid_template"),
             ("subjects.user_invited", "too_long"),
         ];
-        let expected: Vec<(String, String)> = expected.iter().map(|(f, c)| (f.to_string(), c.to_string())).collect();
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(f, c)| (f.to_string(), c.to_string()))
+            .collect();
         assert_eq!(got, expected);
     }
 
@@ -316,7 +358,12 @@ mod tests {
     fn put_replaces_and_patch_merges_with_null_resetting() {
         let mut current = CustomSubjects::new();
         current.insert("user_invited".into(), "Join {{ portal_name }}".into());
-        let put = apply(input(serde_json::json!({"subjects": {"user_activated": "Welcome {{ user_name }}"}})), &current, true).unwrap();
+        let put = apply(
+            input(serde_json::json!({"subjects": {"user_activated": "Welcome {{ user_name }}"}})),
+            &current,
+            true,
+        )
+        .unwrap();
         assert_eq!(put.len(), 1);
         assert!(put.contains_key("user_activated"));
         let patched = apply(

@@ -1,0 +1,12 @@
+//! HTTP-level tests against the real application: port 0, its own SQLite file (or PostgreSQL
+//! database when MAILROOM_TEST_POSTGRES_URL is set).
+
+mod helpers;
+
+mod admin_email;
+mod auth;
+mod cli;
+mod errors;
+mod openapi;
+mod settings_smtp;
+mod subjects;
