@@ -232,14 +232,14 @@ impl Config {
             retry_base: Duration::from_secs(parse_num(
                 vars,
                 "MAILROOM_DELIVERY_RETRY_BASE_SECONDS",
-                30,
+                120,
                 1,
                 86_400,
             )?),
             retry_max: Duration::from_secs(parse_num(
                 vars,
                 "MAILROOM_DELIVERY_RETRY_MAX_SECONDS",
-                6 * 3600,
+                8 * 3600,
                 1,
                 7 * 86_400,
             )?),

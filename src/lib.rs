@@ -6,6 +6,8 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod mail;
+pub mod notifications;
 pub mod openapi;
 pub mod routes;
 pub mod secrets;

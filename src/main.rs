@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP API (the default).
     Serve,
+    /// Run only the delivery dispatcher (no HTTP API).
+    Worker,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Print the OpenAPI document.
@@ -81,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     match command {
         Command::Serve => serve(config),
+        Command::Worker => worker(config),
         Command::Migrate => {
             mailroom::db::Db::connect(&config.database_url, 1)?;
             eprintln!(
@@ -133,4 +136,39 @@ fn serve(config: Config) -> anyhow::Result<()> {
         app.run_until_stopped().await?;
         Ok(())
     })
+}
+
+fn worker(config: Config) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let state = mailroom::startup::AppState::build(config).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let dispatcher = tokio::spawn(state.dispatcher().run(stopped));
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing messages in flight");
+        let _ = stop.send(true);
+        dispatcher.await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

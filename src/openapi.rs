@@ -20,6 +20,7 @@ use crate::error::{FieldError, Problem};
     tags(
         (name = "settings", description = "SMTP settings, subjects, admin address, audit log"),
         (name = "events", description = "The notification event catalogue"),
+        (name = "notifications", description = "Accept, deliver and report notifications"),
         (name = "ops", description = "Health and readiness"),
     )
 )]

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::error::ApiError;
-use crate::{events, health, settings};
+use crate::{events, health, notifications, settings};
 
 /// Registers the documented API. Only `.service(...)` calls reach the OpenAPI document.
 pub fn api(cfg: &mut ServiceConfig) {
@@ -20,7 +20,14 @@ pub fn api(cfg: &mut ServiceConfig) {
         .service(settings::subjects::patch_subjects)
         .service(settings::admin_email::get_admin_email)
         .service(settings::admin_email::put_admin_email)
-        .service(settings::audit::list_audit);
+        .service(settings::audit::list_audit)
+        // `stats` before `{id}`: actix matches in registration order.
+        .service(notifications::http::stats)
+        .service(notifications::http::post_notification)
+        .service(notifications::http::post_batch)
+        .service(notifications::http::list_notifications)
+        .service(notifications::http::get_notification)
+        .service(notifications::http::retry_notification);
 }
 
 /// Body limit for JSON requests (batches of notifications need room).

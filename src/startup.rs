@@ -10,7 +10,7 @@ use actix_web::middleware::{Condition, ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpServer, ResponseError};
 use anyhow::Context;
 use secrecy::SecretString;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tracing_actix_web::TracingLogger;
 use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
@@ -19,21 +19,58 @@ use crate::auth::JwtVerifier;
 use crate::config::{Config, CorsOrigins};
 use crate::db::Db;
 use crate::error::{ApiError, PROBLEM_JSON};
+use crate::mail::MailContext;
+use crate::notifications::dispatcher::{Dispatcher, Signals};
 use crate::routes::{self, RouteTable};
 use crate::secrets::{self, SecretCipher};
 
-/// Shared by every request handler (and, later, the dispatcher).
+/// Shared by every request handler and the dispatcher.
 pub struct AppState {
     pub db: Db,
-    pub cipher: SecretCipher,
+    pub cipher: Arc<SecretCipher>,
     pub config: Arc<Config>,
-    /// Woken when settings change, so held work is reconsidered at once.
-    pub settings_notify: Arc<Notify>,
+    pub mail: MailContext,
+    pub signals: Arc<Signals>,
 }
 
 impl AppState {
+    /// Settings changed: the dispatcher re-reads them and releases held notifications at once.
     pub fn settings_changed(&self) {
-        self.settings_notify.notify_waiters();
+        self.signals.settings.notify_one();
+    }
+
+    /// New work is queued.
+    pub fn wake_dispatcher(&self) {
+        self.signals.work.notify_one();
+    }
+
+    /// Opens the database (applying migrations) and loads keys and mail policy.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let key = secrets::load_or_create_secret_key(&config)?;
+        let mail = MailContext::from_config(&config)?;
+        let url = config.database_url.clone();
+        let pool_size = config.db_pool_size;
+        let db = tokio::task::spawn_blocking(move || Db::connect(&url, pool_size))
+            .await
+            .context("database setup panicked")??;
+        Ok(Self {
+            db,
+            cipher: Arc::new(SecretCipher::new(&key)),
+            config: Arc::new(config),
+            mail,
+            signals: Arc::new(Signals::default()),
+        })
+    }
+
+    pub fn dispatcher(&self) -> Dispatcher {
+        Dispatcher::new(
+            self.db.clone(),
+            self.cipher.clone(),
+            self.mail.clone(),
+            self.config.delivery.clone(),
+            self.signals.clone(),
+        )
     }
 }
 
@@ -70,23 +107,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        install_crypto_provider();
         let (verifier, _) = jwt_verifier(&config)?;
-        let key = secrets::load_or_create_secret_key(&config)?;
-        let url = config.database_url.clone();
-        let pool_size = config.db_pool_size;
-        let db = tokio::task::spawn_blocking(move || Db::connect(&url, pool_size))
-            .await
-            .context("database setup panicked")??;
         let listener = TcpListener::bind(config.bind)
             .with_context(|| format!("MAILROOM_BIND: cannot listen on {}", config.bind))?;
         let port = listener.local_addr()?.port();
-        let state = web::Data::new(AppState {
-            db,
-            cipher: SecretCipher::new(&key),
-            config: Arc::new(config),
-            settings_notify: Arc::new(Notify::new()),
-        });
+        let state = web::Data::new(AppState::build(config).await?);
         let server = run(listener, state.clone(), web::Data::new(verifier))?;
         Ok(Self { port, server, state })
     }
@@ -95,8 +120,22 @@ impl Application {
         self.port
     }
 
+    /// Serves HTTP and, when delivery is enabled, runs the dispatcher beside it. When the server
+    /// stops (SIGINT/SIGTERM), the dispatcher stops claiming and finishes what it is sending.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let (stop, stopped) = watch::channel(false);
+        let dispatcher = self
+            .state
+            .config
+            .delivery
+            .enabled
+            .then(|| tokio::spawn(self.state.dispatcher().run(stopped)));
+        let result = self.server.await;
+        let _ = stop.send(true);
+        if let Some(handle) = dispatcher {
+            let _ = handle.await;
+        }
+        result
     }
 
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {

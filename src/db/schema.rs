@@ -20,3 +20,55 @@ diesel::table! {
         details -> Text,
     }
 }
+
+diesel::table! {
+    notifications (id) {
+        id -> Text,
+        event -> Text,
+        recipient -> Nullable<Text>,
+        to_name -> Nullable<Text>,
+        data -> Text,
+        subject -> Text,
+        text_body -> Text,
+        html_body -> Text,
+        status -> Text,
+        status_reason -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        expires_at -> BigInt,
+        next_attempt_at -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<BigInt>,
+        attempt_count -> Integer,
+        sent_at -> Nullable<BigInt>,
+        message_id -> Nullable<Text>,
+        smtp_reply -> Nullable<Text>,
+        created_by -> Text,
+    }
+}
+
+diesel::table! {
+    notification_attempts (id) {
+        id -> BigInt,
+        notification_id -> Text,
+        attempted_at -> BigInt,
+        outcome -> Text,
+        smtp_code -> Nullable<Integer>,
+        reply -> Text,
+        duration_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (subject, key) {
+        subject -> Text,
+        key -> Text,
+        request_hash -> Text,
+        notification_id -> Text,
+        response -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::joinable!(notification_attempts -> notifications (notification_id));
+diesel::allow_tables_to_appear_in_same_query!(notifications, notification_attempts);

@@ -1,0 +1,3 @@
+DROP TABLE idempotency_keys;
+DROP TABLE notification_attempts;
+DROP TABLE notifications;

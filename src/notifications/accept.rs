@@ -1,0 +1,393 @@
+//! Accepting a notification: validate against the event, render, and store it in the outbox in
+//! the same transaction as its idempotency record.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use validator::ValidateUrl;
+
+use super::render::{self, Rendered};
+use super::store::{self, NotificationRow, Status};
+use crate::db::{millis_to_datetime, DbConnection};
+use crate::error::{ApiError, FieldError};
+use crate::events::{self, Event, Recipient};
+use crate::settings::{admin_email, smtp, subjects};
+use crate::validation::{check_email, check_header_text, Errors, Field};
+
+/// Longest lifetime a caller may ask for.
+const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
+const MAX_VALUE_CHARS: usize = 10_000;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// `POST /notifications` body (and each item of a batch).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct NotificationRequest {
+    /// An event from `GET /events`.
+    #[serde(default)]
+    #[schema(value_type = String, example = "access_request_approved")]
+    pub event: Field<String>,
+    /// The recipient. Required for user events; admin events go to the admin address unless given.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Email, example = "ada@example.com")]
+    pub to: Field<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "Ada Lovelace")]
+    pub to_name: Field<String>,
+    /// Template variables of the event: strings, numbers or booleans.
+    #[serde(default)]
+    #[schema(value_type = Object, example = json!({"product_name": "Payments API", "user_name": "Ada"}))]
+    pub data: Field<serde_json::Map<String, serde_json::Value>>,
+    /// When an undelivered notification stops being worth sending (default: the event's lifetime).
+    #[serde(default)]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Field<DateTime<Utc>>,
+    /// Alternative to the `Idempotency-Key` header (batch items use this).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub idempotency_key: Field<String>,
+}
+
+/// A validated request.
+#[derive(Debug)]
+pub struct Validated {
+    pub event: &'static Event,
+    pub to: Option<String>,
+    pub to_name: Option<String>,
+    pub data: serde_json::Map<String, serde_json::Value>,
+    pub expires_at: Option<i64>,
+    pub idempotency_key: Option<String>,
+    /// Fingerprint of what was asked, to tell a repeat from a conflicting reuse of a key.
+    pub request_hash: String,
+}
+
+/// What `202 Accepted` carries.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    #[schema(example = "0192f0c1-7a8e-7b3c-9d1e-2f3a4b5c6d7e")]
+    pub id: String,
+    pub status: Status,
+    /// Why it is `held`, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    pub event: String,
+    /// Null for an admin event while no admin address is configured.
+    pub to: Option<String>,
+    pub subject: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+fn canonical(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let sorted: std::collections::BTreeMap<_, _> =
+                map.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
+            serde_json::to_value(sorted).unwrap_or_default()
+        }
+        other => other.clone(),
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    (s.starts_with("https://") || s.starts_with("http://")) && s.validate_url()
+}
+
+/// Validates one request; field names are prefixed with `prefix` (batch items: `notifications[3].`).
+pub fn validate(
+    req: NotificationRequest,
+    header_key: Option<&str>,
+    prefix: &str,
+    now: i64,
+) -> Result<Validated, Vec<FieldError>> {
+    let f = |name: &str| format!("{prefix}{name}");
+    let mut errors = Errors::default();
+    let event = match errors.required(&f("event"), req.event, "a string") {
+        Some(name) => {
+            let found = events::find(&name);
+            if found.is_none() {
+                errors.add(
+                    f("event"),
+                    "unknown_event",
+                    format!("{name} is not an event; GET /events lists them"),
+                );
+            }
+            found
+        }
+        None => None,
+    };
+    let to = errors
+        .optional(&f("to"), req.to, "a string")
+        .map(|t| t.trim().to_string());
+    if let Some(to) = &to {
+        check_email(&mut errors, &f("to"), to);
+    } else if event.is_some_and(|e| e.recipient == Recipient::User) {
+        errors.add(
+            f("to"),
+            "required",
+            format!("{} is required for this event", f("to")),
+        );
+    }
+    let to_name = errors
+        .optional(&f("to_name"), req.to_name, "a string")
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty());
+    if let Some(name) = &to_name {
+        check_header_text(&mut errors, &f("to_name"), name, 200);
+    }
+
+    let data_field = f("data");
+    let mut data = errors
+        .optional(&data_field, req.data, "an object")
+        .unwrap_or_default();
+    data.retain(|_, v| !v.is_null());
+    if let Some(event) = event {
+        let mut keys: Vec<_> = data.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
+            let field = format!("{data_field}.{key}");
+            if !event.has_variable(&key) {
+                let allowed: Vec<&str> = event.all_variables().map(|v| v.name).collect();
+                errors.add(
+                    &field,
+                    "unknown_variable",
+                    format!(
+                        "{} has no variable {key}; it accepts: {}",
+                        event.name,
+                        allowed.join(", ")
+                    ),
+                );
+                continue;
+            }
+            match &data[&key] {
+                serde_json::Value::String(s) => {
+                    if s.chars().count() > MAX_VALUE_CHARS {
+                        errors.add(
+                            &field,
+                            "too_long",
+                            format!("{field} must be at most {MAX_VALUE_CHARS} characters"),
+                        );
+                    } else if key.ends_with("_url") && !is_http_url(s) {
+                        errors.add(
+                            &field,
+                            "invalid_url",
+                            format!("{field} must be an http:// or https:// URL"),
+                        );
+                    } else if key.ends_with("_email") {
+                        check_email(&mut errors, &field, s);
+                    }
+                }
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_)
+                    if !key.ends_with("_url") && !key.ends_with("_email") => {}
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                    errors.add(&field, "invalid_type", format!("{field} must be a string"));
+                }
+                _ => errors.add(
+                    &field,
+                    "not_scalar",
+                    format!("{field} must be a string, number or boolean"),
+                ),
+            }
+        }
+        for var in event.variables.iter().filter(|v| v.required) {
+            if !data.contains_key(var.name) {
+                errors.add(
+                    format!("{data_field}.{}", var.name),
+                    "required",
+                    format!("{} requires {}", event.name, var.name),
+                );
+            }
+        }
+    }
+
+    let expires_at = match errors.optional(&f("expires_at"), req.expires_at, "an RFC 3339 date-time") {
+        Some(at) => {
+            let ms = at.timestamp_millis();
+            if ms <= now {
+                errors.add(
+                    f("expires_at"),
+                    "in_past",
+                    format!("{} must be in the future", f("expires_at")),
+                );
+            } else if ms - now > MAX_TTL_SECONDS * 1000 {
+                errors.add(
+                    f("expires_at"),
+                    "too_far",
+                    format!("{} must be within 30 days", f("expires_at")),
+                );
+            }
+            Some(ms)
+        }
+        None => None,
+    };
+    let body_key = errors.optional(&f("idempotency_key"), req.idempotency_key, "a string");
+    let idempotency_key = header_key.map(str::to_string).or(body_key);
+    if let Some(key) = &idempotency_key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+            errors.add(
+                f("idempotency_key"),
+                "invalid_idempotency_key",
+                format!("the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"),
+            );
+        }
+    }
+    if !errors.is_empty() {
+        return Err(match errors.finish() {
+            Err(ApiError::Validation(list)) => list,
+            _ => Vec::new(),
+        });
+    }
+    let event = event.ok_or_else(Vec::new)?;
+    let fingerprint = canonical(&serde_json::json!({
+        "event": event.name, "to": to, "to_name": to_name, "data": data, "expires_at": expires_at,
+    }));
+    let request_hash = Sha256::digest(fingerprint.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Validated {
+        event,
+        to,
+        to_name,
+        data,
+        expires_at,
+        idempotency_key,
+        request_hash,
+    })
+}
+
+/// The settings that decide rendering and whether a notification can go out now; read once per
+/// request (or batch) in the accepting transaction.
+pub struct AcceptContext {
+    subjects: subjects::CustomSubjects,
+    /// Why nothing can be sent at all right now.
+    blocked: Option<String>,
+    admin_email: Option<String>,
+}
+
+pub fn not_deliverable_reason(smtp: Option<&smtp::SmtpSettings>) -> Option<String> {
+    match smtp {
+        None => Some("SMTP is not configured yet (PUT /settings/smtp)".into()),
+        Some(s) if s.from_address.is_none() => {
+            Some("no default From address is configured (from_address in PUT /settings/smtp)".into())
+        }
+        Some(_) => None,
+    }
+}
+
+pub const NO_ADMIN_EMAIL: &str = "no admin address is configured (PUT /settings/admin-email)";
+
+impl AcceptContext {
+    pub fn load(conn: &mut DbConnection) -> Result<Self, ApiError> {
+        let smtp = smtp::load(conn)?;
+        Ok(Self {
+            subjects: subjects::load(conn)?,
+            blocked: not_deliverable_reason(smtp.as_ref().map(|s| &s.value)),
+            admin_email: admin_email::load(conn)?,
+        })
+    }
+}
+
+/// The outcome of accepting one request.
+pub enum Acceptance {
+    New(Accepted),
+    /// A repeat of an earlier request with the same key and body: its original answer.
+    Repeat(Accepted),
+}
+
+impl Acceptance {
+    pub fn accepted(&self) -> &Accepted {
+        match self {
+            Self::New(a) | Self::Repeat(a) => a,
+        }
+    }
+}
+
+/// Stores one validated notification (inside the caller's transaction).
+pub fn accept(
+    conn: &mut DbConnection,
+    ctx: &AcceptContext,
+    v: Validated,
+    subject_sub: &str,
+    now: i64,
+) -> Result<Acceptance, ApiError> {
+    if let Some(key) = &v.idempotency_key {
+        if let Some(previous) = store::find_idempotency(conn, subject_sub, key)? {
+            if previous.request_hash != v.request_hash {
+                return Err(ApiError::Conflict {
+                    code: "idempotency_key_reused",
+                    detail: "this Idempotency-Key was already used with a different request body".into(),
+                });
+            }
+            let accepted = serde_json::from_str(&previous.response).map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("stored idempotent response unreadable: {e}"))
+            })?;
+            return Ok(Acceptance::Repeat(accepted));
+        }
+    }
+    let Rendered { subject, text, html } =
+        render::render(v.event, subjects::subject_for(&ctx.subjects, v.event), &v.data)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering {} failed: {e}", v.event.name)))?;
+    let recipient = v.to.clone().or_else(|| ctx.admin_email.clone());
+    let held_reason = ctx
+        .blocked
+        .clone()
+        .or_else(|| recipient.is_none().then(|| NO_ADMIN_EMAIL.to_string()));
+    let status = if held_reason.is_some() {
+        Status::Held
+    } else {
+        Status::Queued
+    };
+    let expires_at = v.expires_at.unwrap_or(now + v.event.default_ttl_seconds * 1000);
+    let id = uuid::Uuid::now_v7().to_string();
+    let row = NotificationRow {
+        id: id.clone(),
+        event: v.event.name.to_string(),
+        recipient: recipient.clone(),
+        to_name: v.to_name,
+        data: serde_json::Value::Object(v.data).to_string(),
+        subject: subject.clone(),
+        text_body: text,
+        html_body: html,
+        status: status.as_str().to_string(),
+        status_reason: held_reason.clone(),
+        created_at: now,
+        updated_at: now,
+        expires_at,
+        next_attempt_at: now,
+        lease_owner: None,
+        lease_until: None,
+        attempt_count: 0,
+        sent_at: None,
+        message_id: None,
+        smtp_reply: None,
+        created_by: subject_sub.to_string(),
+    };
+    store::insert(conn, &row)?;
+    let accepted = Accepted {
+        id: id.clone(),
+        status,
+        status_reason: held_reason,
+        event: v.event.name.to_string(),
+        to: recipient,
+        subject,
+        created_at: millis_to_datetime(now),
+        expires_at: millis_to_datetime(expires_at),
+    };
+    if let Some(key) = &v.idempotency_key {
+        let response = serde_json::to_string(&accepted).map_err(|e| ApiError::Internal(e.into()))?;
+        store::insert_idempotency(conn, subject_sub, key, &v.request_hash, &id, &response, now).map_err(
+            |e| match e {
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => ApiError::Conflict {
+                    code: "idempotency_key_in_use",
+                    detail: "a request with this Idempotency-Key is being processed; retry it".into(),
+                },
+                e => e.into(),
+            },
+        )?;
+    }
+    Ok(Acceptance::New(accepted))
+}

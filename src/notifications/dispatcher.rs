@@ -1,0 +1,370 @@
+//! The dispatcher: claims due notifications in batches, sends them over pooled SMTP connections
+//! outside any transaction, and records the outcomes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+
+use super::accept::{not_deliverable_reason, NO_ADMIN_EMAIL};
+use super::store::{self, Claimed, Deliverability, Outcome, Recorded};
+use crate::config::DeliveryConfig;
+use crate::db::{now_millis, Db};
+use crate::mail::message::{self, Content, Sender};
+use crate::mail::transport::resolve_checked;
+use crate::mail::{MailContext, SmtpTarget};
+use crate::secrets::SecretCipher;
+use crate::settings::{admin_email, smtp};
+
+/// Wakes the dispatcher: a new notification, or changed settings.
+#[derive(Default)]
+pub struct Signals {
+    pub work: Notify,
+    pub settings: Notify,
+}
+
+/// The transport and sender for one version of the SMTP settings.
+struct Route {
+    version: i64,
+    transport: Arc<AsyncSmtpTransport<Tokio1Executor>>,
+    sender: Sender,
+    /// Secrets to scrub from any server reply we store.
+    redact: Vec<String>,
+}
+
+pub struct Dispatcher {
+    db: Db,
+    cipher: Arc<SecretCipher>,
+    mail: MailContext,
+    config: DeliveryConfig,
+    signals: Arc<Signals>,
+    owner: String,
+    route: Option<Route>,
+    /// Why nothing can be sent, from the last housekeeping.
+    blocked: Option<String>,
+}
+
+/// Exponential backoff with equal jitter: half the delay fixed, half random.
+pub fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
+    let exp = config
+        .retry_base
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+        .min(config.retry_max);
+    let half = exp / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Replaces every secret (and its base64 forms, as AUTH sends them) in a server reply.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 3) {
+        out = out.replace(s.as_str(), "[redacted]");
+    }
+    out
+}
+
+fn secret_forms(target: &SmtpTarget) -> Vec<String> {
+    use base64::Engine;
+    use secrecy::ExposeSecret;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let Some(password) = target.password.as_ref().map(|p| p.expose_secret().to_string()) else {
+        return Vec::new();
+    };
+    let user = target.username.clone().unwrap_or_default();
+    vec![b64(&format!("\0{user}\0{password}")), b64(&password), password]
+}
+
+impl Dispatcher {
+    pub fn new(
+        db: Db,
+        cipher: Arc<SecretCipher>,
+        mail: MailContext,
+        config: DeliveryConfig,
+        signals: Arc<Signals>,
+    ) -> Self {
+        Self {
+            db,
+            cipher,
+            mail,
+            config,
+            signals,
+            owner: uuid::Uuid::new_v4().to_string(),
+            route: None,
+            blocked: None,
+        }
+    }
+
+    /// Runs until `shutdown` turns true: then stops claiming, finishes what is being sent, and
+    /// releases what was claimed but not started.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(owner = %self.owner, concurrency = self.config.concurrency, "dispatcher started");
+        let mut last_maintenance: Option<Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if last_maintenance.is_none_or(|t| t.elapsed() >= self.config.poll_interval) {
+                if let Err(e) = self.maintain().await {
+                    tracing::error!(error = ?e, "dispatcher housekeeping failed");
+                }
+                last_maintenance = Some(Instant::now());
+            }
+            let sent = if self.blocked.is_none() {
+                match self.claim_and_send(&shutdown).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::error!(error = ?e, "dispatcher batch failed");
+                        0
+                    }
+                }
+            } else {
+                0
+            };
+            if sent > 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = self.signals.work.notified() => {}
+                _ = self.signals.settings.notified() => last_maintenance = None,
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        tracing::info!(owner = %self.owner, "dispatcher stopped");
+    }
+
+    /// Refreshes the route from the settings and moves rows between held, queued and expired.
+    async fn maintain(&mut self) -> anyhow::Result<()> {
+        let db = self.db.clone();
+        let (smtp, admin) = db
+            .read(|conn| Ok((smtp::load(conn)?, admin_email::load(conn)?)))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut blocked = not_deliverable_reason(smtp.as_ref().map(|s| &s.value));
+        match (&smtp, blocked.is_none()) {
+            (Some(stored), true) if self.route.as_ref().is_none_or(|r| r.version != stored.version) => {
+                match self.build_route(stored).await {
+                    Ok(route) => self.route = Some(route),
+                    Err(reason) => {
+                        self.route = None;
+                        blocked = Some(reason);
+                    }
+                }
+            }
+            (_, false) => self.route = None,
+            _ => {}
+        }
+        if blocked != self.blocked {
+            match &blocked {
+                Some(reason) => tracing::warn!(%reason, "delivery is on hold"),
+                None => tracing::info!("delivery is possible"),
+            }
+        }
+        self.blocked = blocked.clone();
+        let d = Deliverability {
+            blocked,
+            admin_email: admin,
+        };
+        let now = now_millis();
+        let queued = db
+            .write(move |conn| Ok(store::maintain(conn, now, &d)?))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if queued > 0 {
+            tracing::info!(queued, "notifications released for delivery");
+        }
+        Ok(())
+    }
+
+    async fn build_route(
+        &self,
+        stored: &crate::settings::store::Stored<smtp::SmtpSettings>,
+    ) -> Result<Route, String> {
+        let settings = &stored.value;
+        let sender = Sender::from_settings(settings).ok_or("no default From address is configured")?;
+        let target = SmtpTarget::from_settings(settings, &self.cipher).map_err(|e| format!("{e:#}"))?;
+        match resolve_checked(&self.mail, &target.host, target.port).await {
+            Ok(Err(refused)) => return Err(format!("refusing to connect: {refused}")),
+            // A DNS failure may be temporary: keep trying to send; each attempt reports it.
+            Ok(Ok(_)) | Err(_) => {}
+        }
+        let transport = target
+            .transport(&self.mail, self.config.concurrency as u32)
+            .map_err(|e| format!("cannot set up the SMTP transport: {e}"))?;
+        Ok(Route {
+            version: stored.version,
+            transport: Arc::new(transport),
+            sender,
+            redact: secret_forms(&target),
+        })
+    }
+
+    async fn claim_and_send(&mut self, shutdown: &watch::Receiver<bool>) -> anyhow::Result<usize> {
+        let Some(route) = self.route.as_ref() else {
+            return Ok(0);
+        };
+        let now = now_millis();
+        let lease_until = now + self.config.lease.as_millis() as i64;
+        let (owner, limit) = (self.owner.clone(), self.config.batch_size);
+        let claimed = self
+            .db
+            .write(move |conn| Ok(store::claim(conn, &owner, now, lease_until, limit)?))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let count = claimed.len();
+        let results: Vec<Recorded> = stream::iter(claimed)
+            .map(|n| self.deliver(route, n, shutdown))
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        let owner = self.owner.clone();
+        self.db
+            .write(move |conn| Ok(store::record(conn, &owner, &results)?))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(count)
+    }
+
+    async fn deliver(&self, route: &Route, n: Claimed, shutdown: &watch::Receiver<bool>) -> Recorded {
+        let attempted_at = now_millis();
+        let started = Instant::now();
+        let outcome = if *shutdown.borrow() {
+            Outcome::Released
+        } else if n.expires_at <= attempted_at {
+            Outcome::Expired
+        } else {
+            match &n.recipient {
+                None => Outcome::Held {
+                    reason: NO_ADMIN_EMAIL.into(),
+                },
+                Some(to) => self.send(route, &n, to).await,
+            }
+        };
+        Recorded {
+            id: n.id,
+            outcome,
+            attempted_at,
+            duration_ms: started.elapsed().as_millis() as i64,
+        }
+    }
+
+    async fn send(&self, route: &Route, n: &Claimed, to: &str) -> Outcome {
+        let content = Content {
+            notification_id: &n.id,
+            to,
+            to_name: n.to_name.as_deref(),
+            subject: &n.subject,
+            text: &n.text_body,
+            html: &n.html_body,
+        };
+        let message = match message::build(&route.sender, &content) {
+            Ok(m) => m,
+            Err(e) => {
+                return Outcome::Failed {
+                    code: None,
+                    reply: format!("cannot build the message: {e}"),
+                    reason: "the message could not be built".into(),
+                }
+            }
+        };
+        match route.transport.send(message).await {
+            Ok(response) => Outcome::Sent {
+                code: u16::from(response.code()),
+                reply: redact(&response.message().collect::<Vec<_>>().join(" "), &route.redact),
+                message_id: route.sender.message_id(&n.id),
+            },
+            Err(e) => {
+                let code = e.status().map(u16::from);
+                let reply = redact(&e.to_string(), &route.redact);
+                let attempts = n.attempt_count.max(1) as u32;
+                if e.is_permanent() {
+                    Outcome::Failed {
+                        code,
+                        reason: format!("rejected by the SMTP server: {reply}"),
+                        reply,
+                    }
+                } else if attempts >= self.config.max_attempts {
+                    Outcome::Failed {
+                        code,
+                        reason: format!("gave up after {attempts} attempts; last error: {reply}"),
+                        reply,
+                    }
+                } else {
+                    let delay = backoff(&self.config, attempts);
+                    Outcome::Deferred {
+                        code,
+                        reply,
+                        next_attempt_at: now_millis() + delay.as_millis() as i64,
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(base: u64, max: u64) -> DeliveryConfig {
+        DeliveryConfig {
+            enabled: true,
+            concurrency: 1,
+            max_attempts: 10,
+            retry_base: Duration::from_secs(base),
+            retry_max: Duration::from_secs(max),
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            batch_size: 10,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_stops_at_the_maximum() {
+        let c = config(120, 8 * 3600);
+        for attempt in 1..=12u32 {
+            let full = Duration::from_secs(120 * 2u64.pow(attempt - 1)).min(c.retry_max);
+            let d = backoff(&c, attempt);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
+        }
+        // Ten attempts with the defaults span roughly a day.
+        let total: Duration = (1..10u32)
+            .map(|a| Duration::from_secs(120 * 2u64.pow(a - 1)).min(c.retry_max))
+            .sum();
+        assert!(
+            total > Duration::from_secs(16 * 3600) && total < Duration::from_secs(30 * 3600),
+            "{total:?}"
+        );
+    }
+
+    #[test]
+    fn redaction_removes_passwords_and_their_auth_encodings() {
+        use secrecy::SecretString;
+        let target = SmtpTarget {
+            host: "h".into(),
+            port: 25,
+            security: crate::settings::smtp::Security::None,
+            username: Some("user".into()),
+            password: Some(SecretString::from("hunter2".to_string())),
+            timeout: Duration::from_secs(1),
+            tls_verify: true,
+        };
+        let forms = secret_forms(&target);
+        let echoed = format!("535 bad credentials {} for hunter2 ({})", forms[0], forms[1]);
+        let clean = redact(&echoed, &forms);
+        assert!(
+            !clean.contains("hunter2") && !clean.contains(&forms[0]) && !clean.contains(&forms[1]),
+            "{clean}"
+        );
+    }
+}

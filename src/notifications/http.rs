@@ -1,0 +1,612 @@
+//! The `/notifications` routes.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::accept::{self, AcceptContext, Acceptance, Accepted, NotificationRequest};
+use super::store::{self, Status};
+use crate::auth::scope::{NotificationsRead, NotificationsSend};
+use crate::auth::Authorized;
+use crate::db::schema::{notification_attempts, notifications};
+use crate::db::{millis_to_datetime, now_millis};
+use crate::error::{ApiError, FieldError, Problem};
+use crate::startup::AppState;
+use crate::validation::{Field, Object};
+
+pub const MAX_BATCH: usize = 1000;
+
+fn idempotency_header(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    req.headers()
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str().map(str::to_string).map_err(|_| {
+                ApiError::field(
+                    "idempotency_key",
+                    "invalid_idempotency_key",
+                    "the Idempotency-Key header must be printable ASCII",
+                )
+            })
+        })
+        .transpose()
+}
+
+fn accepted_response(a: &Accepted) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/notifications/{}", a.id)))
+        .json(a)
+}
+
+/// Accept a notification: validated, rendered and stored durably before the answer.
+///
+/// A notification that cannot be delivered yet (no SMTP settings, no From address, no admin address
+/// for an admin event) is accepted as `held` and goes out once the settings allow.
+#[utoipa::path(
+    tag = "notifications",
+    security(("bearer" = ["notifications:send"])),
+    request_body = NotificationRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key and body returns the original answer and creates nothing")),
+    responses(
+        (status = 202, description = "Accepted and stored", body = Accepted,
+         headers(("Location" = String, description = "/notifications/{id}"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `notifications:send`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key was used with another body (`idempotency_key_reused`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown event, missing `to`, bad `data` (fields like `data.product_name`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/notifications")]
+pub async fn post_notification(
+    auth: Authorized<NotificationsSend>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<Object<NotificationRequest>>,
+) -> Result<HttpResponse, ApiError> {
+    let now = now_millis();
+    let key = idempotency_header(&req)?;
+    let validated =
+        accept::validate(body.into_inner().0, key.as_deref(), "", now).map_err(ApiError::Validation)?;
+    let sub = auth.sub().to_string();
+    let acceptance = state
+        .db
+        .write(move |conn| {
+            let ctx = AcceptContext::load(conn)?;
+            accept::accept(conn, &ctx, validated, &sub, now)
+        })
+        .await?;
+    if let Acceptance::New(a) = &acceptance {
+        if a.status == Status::Queued {
+            state.wake_dispatcher();
+        }
+    }
+    Ok(accepted_response(acceptance.accepted()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BatchRequest {
+    /// Up to 1000 notifications, each validated and answered on its own.
+    #[serde(default)]
+    #[schema(value_type = Vec<NotificationRequest>)]
+    pub notifications: Field<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItemResult {
+    pub index: usize,
+    /// 202 for an accepted item, 409 or 422 for a refused one.
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notification: Option<Accepted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Problem>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub results: Vec<BatchItemResult>,
+}
+
+fn item_problem(err: &ApiError) -> Problem {
+    let status = actix_web::ResponseError::status_code(err);
+    Problem {
+        problem_type: format!("urn:mailroom:problem:{}", err.code()),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail: Some(err.to_string()),
+        code: err.code().to_string(),
+        errors: match err {
+            ApiError::Validation(e) => Some(e.clone()),
+            _ => None,
+        },
+    }
+}
+
+/// Accept up to 1000 notifications in one request; each item is validated and answered on its
+/// own, and the accepted ones are stored in one transaction.
+#[utoipa::path(
+    tag = "notifications",
+    security(("bearer" = ["notifications:send"])),
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per item, in order", body = BatchResponse),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `notifications:send`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 4 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`notifications` missing, empty or longer than 1000", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/notifications/batch")]
+pub async fn post_batch(
+    auth: Authorized<NotificationsSend>,
+    state: web::Data<AppState>,
+    body: web::Json<Object<BatchRequest>>,
+) -> Result<web::Json<BatchResponse>, ApiError> {
+    let now = now_millis();
+    let mut errors = crate::validation::Errors::default();
+    let items = errors
+        .required(
+            "notifications",
+            body.into_inner().0.notifications,
+            "an array of notifications",
+        )
+        .unwrap_or_default();
+    if items.is_empty() && !errors.has("notifications") {
+        errors.add(
+            "notifications",
+            "empty",
+            "notifications must hold at least one item",
+        );
+    }
+    if items.len() > MAX_BATCH {
+        errors.add(
+            "notifications",
+            "too_many",
+            format!("at most {MAX_BATCH} notifications per batch"),
+        );
+    }
+    errors.finish()?;
+
+    let mut results: Vec<Option<BatchItemResult>> = Vec::with_capacity(items.len());
+    let mut valid = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let prefix = format!("notifications[{index}].");
+        let parsed = match item {
+            serde_json::Value::Object(_) => {
+                serde_json::from_value::<NotificationRequest>(item).map_err(|_| {
+                    vec![FieldError {
+                        field: format!("notifications[{index}]"),
+                        code: "invalid_type".into(),
+                        message: "each notification must be an object".into(),
+                    }]
+                })
+            }
+            _ => Err(vec![FieldError {
+                field: format!("notifications[{index}]"),
+                code: "invalid_type".into(),
+                message: "each notification must be an object".into(),
+            }]),
+        };
+        match parsed.and_then(|r| accept::validate(r, None, &prefix, now)) {
+            Ok(v) => {
+                results.push(None);
+                valid.push((index, v));
+            }
+            Err(field_errors) => results.push(Some(BatchItemResult {
+                index,
+                status: 422,
+                notification: None,
+                error: Some(item_problem(&ApiError::Validation(field_errors))),
+            })),
+        }
+    }
+    let sub = auth.sub().to_string();
+    let outcomes = state
+        .db
+        .write(move |conn| {
+            let ctx = AcceptContext::load(conn)?;
+            let mut out = Vec::with_capacity(valid.len());
+            for (index, v) in valid {
+                // A refused item (a reused key) must not undo the others: run each in a savepoint.
+                let r =
+                    diesel::Connection::transaction(conn, |conn| accept::accept(conn, &ctx, v, &sub, now));
+                out.push((index, r));
+            }
+            Ok(out)
+        })
+        .await?;
+    let mut wake = false;
+    for (index, outcome) in outcomes {
+        results[index] = Some(match outcome {
+            Ok(acceptance) => {
+                wake |= matches!(&acceptance, Acceptance::New(a) if a.status == Status::Queued);
+                BatchItemResult {
+                    index,
+                    status: 202,
+                    notification: Some(acceptance.accepted().clone()),
+                    error: None,
+                }
+            }
+            Err(ApiError::Internal(e)) => return Err(ApiError::Internal(e)),
+            Err(e) => BatchItemResult {
+                index,
+                status: actix_web::ResponseError::status_code(&e).as_u16(),
+                notification: None,
+                error: Some(item_problem(&e)),
+            },
+        });
+    }
+    if wake {
+        state.wake_dispatcher();
+    }
+    let results: Vec<BatchItemResult> = results.into_iter().flatten().collect();
+    let accepted = results.iter().filter(|r| r.status == 202).count();
+    Ok(web::Json(BatchResponse {
+        accepted,
+        rejected: results.len() - accepted,
+        results,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    pub at: DateTime<Utc>,
+    /// `sent`, `deferred` (will retry) or `failed`.
+    pub outcome: String,
+    pub smtp_code: Option<i32>,
+    /// The server's reply, or what went wrong on the way.
+    pub reply: String,
+    pub duration_ms: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationView {
+    pub id: String,
+    pub event: String,
+    pub to: Option<String>,
+    pub to_name: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    pub subject: String,
+    pub status: Status,
+    pub status_reason: Option<String>,
+    pub attempts: Vec<AttemptView>,
+    /// When the next attempt is due (queued notifications).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub message_id: Option<String>,
+    /// The SMTP server's last reply.
+    pub smtp_reply: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// The `sub` of the token that posted it.
+    pub created_by: String,
+}
+
+fn view(row: store::NotificationRow, attempts: Vec<store::AttemptRow>) -> NotificationView {
+    let status = Status::parse(&row.status).unwrap_or(Status::Queued);
+    NotificationView {
+        id: row.id,
+        event: row.event,
+        to: row.recipient,
+        to_name: row.to_name,
+        data: serde_json::from_str(&row.data).unwrap_or_default(),
+        subject: row.subject,
+        status,
+        status_reason: row.status_reason,
+        attempts: attempts
+            .into_iter()
+            .map(|a| AttemptView {
+                at: millis_to_datetime(a.attempted_at),
+                outcome: a.outcome,
+                smtp_code: a.smtp_code,
+                reply: a.reply,
+                duration_ms: a.duration_ms,
+            })
+            .collect(),
+        next_attempt_at: (status == Status::Queued).then(|| millis_to_datetime(row.next_attempt_at)),
+        sent_at: row.sent_at.map(millis_to_datetime),
+        message_id: row.message_id,
+        smtp_reply: row.smtp_reply,
+        created_at: millis_to_datetime(row.created_at),
+        updated_at: millis_to_datetime(row.updated_at),
+        expires_at: millis_to_datetime(row.expires_at),
+        created_by: row.created_by,
+    }
+}
+
+/// A notification's delivery status and attempt history.
+#[utoipa::path(
+    tag = "notifications",
+    security(("bearer" = ["notifications:read"])),
+    params(("id" = String, Path, description = "The id from the 202 answer")),
+    responses(
+        (status = 200, description = "The notification", body = NotificationView),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `notifications:read`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such notification", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/notifications/{id}")]
+pub async fn get_notification(
+    _auth: Authorized<NotificationsRead>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<NotificationView>, ApiError> {
+    let id = id.into_inner();
+    let (row, attempts) = state
+        .db
+        .read(move |conn| {
+            let row =
+                store::find(conn, &id)?.ok_or_else(|| ApiError::NotFound(format!("no notification {id}")))?;
+            let attempts = store::attempts(conn, &id)?;
+            Ok((row, attempts))
+        })
+        .await?;
+    Ok(web::Json(view(row, attempts)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// held, queued, sending, sent, failed or expired.
+    pub status: Option<String>,
+    pub event: Option<String>,
+    /// Recipient address.
+    pub to: Option<String>,
+    /// Only notifications created at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationPage {
+    pub notifications: Vec<NotificationView>,
+    pub next_cursor: Option<String>,
+}
+
+/// List notifications, newest first.
+#[utoipa::path(
+    tag = "notifications",
+    security(("bearer" = ["notifications:read"])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of notifications (without attempt history)", body = NotificationPage),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `notifications:read`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad filter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/notifications")]
+pub async fn list_notifications(
+    _auth: Authorized<NotificationsRead>,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<web::Json<NotificationPage>, ApiError> {
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(50);
+    let mut errors = crate::validation::Errors::default();
+    if !(1..=200).contains(&limit) {
+        errors.add("limit", "out_of_range", "limit must be between 1 and 200");
+    }
+    if let Some(s) = &q.status {
+        if Status::parse(s).is_none() {
+            errors.add(
+                "status",
+                "invalid_choice",
+                "status must be one of held, queued, sending, sent, failed, expired",
+            );
+        }
+    }
+    if let Some(e) = &q.event {
+        if crate::events::find(e).is_none() {
+            errors.add("event", "unknown_event", format!("{e} is not an event"));
+        }
+    }
+    errors.finish()?;
+    let rows = state
+        .db
+        .read(move |conn| {
+            let mut sql = notifications::table.into_boxed();
+            if let Some(s) = q.status {
+                sql = sql.filter(notifications::status.eq(s));
+            }
+            if let Some(e) = q.event {
+                sql = sql.filter(notifications::event.eq(e));
+            }
+            if let Some(to) = q.to {
+                sql = sql.filter(notifications::recipient.eq(to));
+            }
+            if let Some(since) = q.since {
+                sql = sql.filter(notifications::created_at.ge(since.timestamp_millis()));
+            }
+            // Ids are UUIDv7: ordered by creation time, so they double as the cursor.
+            if let Some(c) = q.cursor {
+                sql = sql.filter(notifications::id.lt(c));
+            }
+            Ok(sql
+                .order(notifications::id.desc())
+                .limit(limit + 1)
+                .select(store::NotificationRow::as_select())
+                .load(conn)?)
+        })
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let notifications: Vec<NotificationView> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(|r| view(r, Vec::new()))
+        .collect();
+    let next_cursor = if more {
+        notifications.last().map(|n| n.id.clone())
+    } else {
+        None
+    };
+    Ok(web::Json(NotificationPage {
+        notifications,
+        next_cursor,
+    }))
+}
+
+/// Queue a `failed` or `expired` notification again, with a new lifetime.
+#[utoipa::path(
+    tag = "notifications",
+    security(("bearer" = ["notifications:send"])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 202, description = "Queued again (or held, if settings are missing)", body = Accepted),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `notifications:send`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such notification", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Only failed or expired notifications can be retried (`not_retryable`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/notifications/{id}/retry")]
+pub async fn retry_notification(
+    _auth: Authorized<NotificationsSend>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let now = now_millis();
+    let accepted = state
+        .db
+        .write(move |conn| {
+            let row =
+                store::find(conn, &id)?.ok_or_else(|| ApiError::NotFound(format!("no notification {id}")))?;
+            let status = Status::parse(&row.status);
+            if !matches!(status, Some(Status::Failed | Status::Expired)) {
+                return Err(ApiError::Conflict {
+                    code: "not_retryable",
+                    detail: format!(
+                        "the notification is {}; only failed or expired ones can be retried",
+                        row.status
+                    ),
+                });
+            }
+            let ttl = crate::events::find(&row.event).map_or(3 * 24 * 3600, |e| e.default_ttl_seconds);
+            let expires_at = now + ttl * 1000;
+            diesel::update(notifications::table.find(&id))
+                .set((
+                    notifications::status.eq(Status::Queued.as_str()),
+                    notifications::status_reason.eq(None::<String>),
+                    notifications::next_attempt_at.eq(now),
+                    notifications::expires_at.eq(expires_at),
+                    notifications::attempt_count.eq(0),
+                    notifications::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+            Ok(Accepted {
+                id: row.id,
+                status: Status::Queued,
+                status_reason: None,
+                event: row.event,
+                to: row.recipient,
+                subject: row.subject,
+                created_at: millis_to_datetime(row.created_at),
+                expires_at: millis_to_datetime(expires_at),
+            })
+        })
+        .await?;
+    // The dispatcher's housekeeping holds it again if settings are missing.
+    state.wake_dispatcher();
+    Ok(accepted_response(&accepted))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastEvent {
+    pub at: DateTime<Utc>,
+    pub notification_id: String,
+    pub reply: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    /// Count per status; every status is present.
+    #[schema(value_type = Object, example = json!({"held": 0, "queued": 3, "sending": 1, "sent": 120, "failed": 2, "expired": 0}))]
+    pub counts: BTreeMap<String, i64>,
+    /// Age of the oldest queued notification, in seconds (null when none is queued).
+    pub oldest_queued_age_seconds: Option<i64>,
+    pub last_success: Option<LastEvent>,
+    /// The last attempt that did not deliver (deferred or failed).
+    pub last_error: Option<LastEvent>,
+}
+
+/// Whether mail is flowing: counts by status, queue age, last success and last error.
+#[utoipa::path(
+    tag = "notifications",
+    security(("bearer" = ["notifications:read"])),
+    responses(
+        (status = 200, description = "Delivery statistics", body = Stats),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `notifications:read`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/notifications/stats")]
+pub async fn stats(
+    _auth: Authorized<NotificationsRead>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<Stats>, ApiError> {
+    let now = now_millis();
+    let stats = state
+        .db
+        .read(move |conn| {
+            let mut counts: BTreeMap<String, i64> =
+                Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+            let grouped: Vec<(String, i64)> = notifications::table
+                .group_by(notifications::status)
+                .select((notifications::status, diesel::dsl::count_star()))
+                .load(conn)?;
+            counts.extend(grouped);
+            let oldest: Option<i64> = notifications::table
+                .filter(notifications::status.eq(Status::Queued.as_str()))
+                .select(diesel::dsl::min(notifications::created_at))
+                .first(conn)?;
+            let last_success = notification_attempts::table
+                .filter(notification_attempts::outcome.eq("sent"))
+                .order(notification_attempts::id.desc())
+                .select((
+                    notification_attempts::attempted_at,
+                    notification_attempts::notification_id,
+                    notification_attempts::reply,
+                ))
+                .first::<(i64, String, String)>(conn)
+                .optional()?;
+            let last_error = notification_attempts::table
+                .filter(notification_attempts::outcome.ne("sent"))
+                .order(notification_attempts::id.desc())
+                .select((
+                    notification_attempts::attempted_at,
+                    notification_attempts::notification_id,
+                    notification_attempts::reply,
+                ))
+                .first::<(i64, String, String)>(conn)
+                .optional()?;
+            let last = |r: Option<(i64, String, String)>| {
+                r.map(|(at, notification_id, reply)| LastEvent {
+                    at: millis_to_datetime(at),
+                    notification_id,
+                    reply: Some(reply),
+                })
+            };
+            Ok(Stats {
+                counts,
+                oldest_queued_age_seconds: oldest.map(|o| (now - o).max(0) / 1000),
+                last_success: last(last_success),
+                last_error: last(last_error),
+            })
+        })
+        .await?;
+    Ok(web::Json(stats))
+}

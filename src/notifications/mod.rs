@@ -1,0 +1,7 @@
+//! Notifications: accepting them into the outbox, rendering, delivering and reporting.
+
+pub mod accept;
+pub mod dispatcher;
+pub mod http;
+pub mod render;
+pub mod store;

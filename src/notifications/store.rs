@@ -1,0 +1,466 @@
+//! Outbox queries: insert, claim with a lease, record outcomes, and the maintenance sweeps.
+//!
+//! Claiming is one short `UPDATE ... RETURNING` (PostgreSQL adds `FOR UPDATE SKIP LOCKED` so
+//! instances never claim the same row); sending happens outside any transaction; each outcome is
+//! written in another short transaction, guarded by the lease owner.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+
+use crate::db::schema::{idempotency_keys, notification_attempts, notifications};
+use crate::db::DbConnection;
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Accepted but not deliverable yet (no SMTP settings, no From address, no admin address).
+    Held,
+    /// Waiting for its next attempt.
+    Queued,
+    /// Claimed by a dispatcher, being sent.
+    Sending,
+    Sent,
+    /// Rejected permanently, or out of attempts.
+    Failed,
+    /// Not delivered before `expires_at`; never sent late.
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "held" => Self::Held,
+            "queued" => Self::Queued,
+            "sending" => Self::Sending,
+            "sent" => Self::Sent,
+            "failed" => Self::Failed,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+
+    pub const ALL: [Status; 6] = [
+        Self::Held,
+        Self::Queued,
+        Self::Sending,
+        Self::Sent,
+        Self::Failed,
+        Self::Expired,
+    ];
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = notifications)]
+pub struct NotificationRow {
+    pub id: String,
+    pub event: String,
+    pub recipient: Option<String>,
+    pub to_name: Option<String>,
+    pub data: String,
+    pub subject: String,
+    pub text_body: String,
+    pub html_body: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: i64,
+    pub next_attempt_at: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub attempt_count: i32,
+    pub sent_at: Option<i64>,
+    pub message_id: Option<String>,
+    pub smtp_reply: Option<String>,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, Queryable)]
+pub struct AttemptRow {
+    pub attempted_at: i64,
+    pub outcome: String,
+    pub smtp_code: Option<i32>,
+    pub reply: String,
+    pub duration_ms: i64,
+}
+
+pub fn insert(conn: &mut DbConnection, row: &NotificationRow) -> Result<(), ApiError> {
+    diesel::insert_into(notifications::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<NotificationRow>, ApiError> {
+    Ok(notifications::table
+        .find(id)
+        .select(NotificationRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn attempts(conn: &mut DbConnection, id: &str) -> Result<Vec<AttemptRow>, ApiError> {
+    Ok(notification_attempts::table
+        .filter(notification_attempts::notification_id.eq(id))
+        .order(notification_attempts::id.asc())
+        .select((
+            notification_attempts::attempted_at,
+            notification_attempts::outcome,
+            notification_attempts::smtp_code,
+            notification_attempts::reply,
+            notification_attempts::duration_ms,
+        ))
+        .load(conn)?)
+}
+
+/// The stored answer to an earlier request with this idempotency key.
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub response: String,
+}
+
+pub fn find_idempotency(
+    conn: &mut DbConnection,
+    subject: &str,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, ApiError> {
+    Ok(idempotency_keys::table
+        .filter(
+            idempotency_keys::subject
+                .eq(subject)
+                .and(idempotency_keys::key.eq(key)),
+        )
+        .select((idempotency_keys::request_hash, idempotency_keys::response))
+        .first::<(String, String)>(conn)
+        .optional()?
+        .map(|(request_hash, response)| IdempotencyRecord {
+            request_hash,
+            response,
+        }))
+}
+
+pub fn insert_idempotency(
+    conn: &mut DbConnection,
+    subject: &str,
+    key: &str,
+    request_hash: &str,
+    notification_id: &str,
+    response: &str,
+    now: i64,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(idempotency_keys::table)
+        .values((
+            idempotency_keys::subject.eq(subject),
+            idempotency_keys::key.eq(key),
+            idempotency_keys::request_hash.eq(request_hash),
+            idempotency_keys::notification_id.eq(notification_id),
+            idempotency_keys::response.eq(response),
+            idempotency_keys::created_at.eq(now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// What a dispatcher needs to send a claimed notification.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claimed {
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub recipient: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub to_name: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub subject: String,
+    #[diesel(sql_type = Text)]
+    pub text_body: String,
+    #[diesel(sql_type = Text)]
+    pub html_body: String,
+    #[diesel(sql_type = BigInt)]
+    pub expires_at: i64,
+    #[diesel(sql_type = Integer)]
+    pub attempt_count: i32,
+}
+
+const CLAIM_SQL: &str = "UPDATE notifications \
+     SET status = 'sending', lease_owner = $1, lease_until = $2, updated_at = $3, \
+         attempt_count = attempt_count + 1 \
+     WHERE id IN (SELECT id FROM notifications \
+                  WHERE status = 'queued' AND next_attempt_at <= $3 \
+                  ORDER BY next_attempt_at LIMIT $4 {LOCK}) \
+     RETURNING id, recipient, to_name, subject, text_body, html_body, expires_at, attempt_count";
+
+/// Claims up to `limit` due notifications for `owner` until `lease_until`.
+pub fn claim(
+    conn: &mut DbConnection,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>, diesel::result::Error> {
+    match conn {
+        DbConnection::Postgres(c) => {
+            let sql = CLAIM_SQL.replace("{LOCK}", "FOR UPDATE SKIP LOCKED");
+            diesel::sql_query(sql)
+                .bind::<Text, _>(owner)
+                .bind::<BigInt, _>(lease_until)
+                .bind::<BigInt, _>(now)
+                .bind::<BigInt, _>(limit)
+                .load(c)
+        }
+        // One writer at a time: the UPDATE is atomic without row locks.
+        DbConnection::Sqlite(c) => {
+            let sql = CLAIM_SQL.replace("{LOCK}", "").replace('$', "?");
+            diesel::sql_query(sql)
+                .bind::<Text, _>(owner)
+                .bind::<BigInt, _>(lease_until)
+                .bind::<BigInt, _>(now)
+                .bind::<BigInt, _>(limit)
+                .load(c)
+        }
+    }
+}
+
+/// The result of one delivery attempt (or of deciding not to attempt).
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Sent {
+        code: u16,
+        reply: String,
+        message_id: String,
+    },
+    /// Try again at `next_attempt_at`.
+    Deferred {
+        code: Option<u16>,
+        reply: String,
+        next_attempt_at: i64,
+    },
+    Failed {
+        code: Option<u16>,
+        reply: String,
+        reason: String,
+    },
+    Expired,
+    /// Not deliverable after all (settings changed since it was queued); not an attempt.
+    Held {
+        reason: String,
+    },
+    /// Shutting down before the send started; not an attempt.
+    Released,
+}
+
+pub struct Recorded {
+    pub id: String,
+    pub outcome: Outcome,
+    pub attempted_at: i64,
+    pub duration_ms: i64,
+}
+
+/// Writes outcomes in one transaction. Each update is guarded by the lease owner, so a worker whose
+/// lease expired and was taken over cannot overwrite the newer owner's result.
+pub fn record(
+    conn: &mut DbConnection,
+    owner: &str,
+    results: &[Recorded],
+) -> Result<(), diesel::result::Error> {
+    conn.transaction(|conn| {
+        for r in results {
+            let now = r.attempted_at + r.duration_ms;
+            let mine = notifications::table.filter(
+                notifications::id
+                    .eq(&r.id)
+                    .and(notifications::lease_owner.eq(owner))
+                    .and(notifications::status.eq(Status::Sending.as_str())),
+            );
+            let no_lease = (
+                notifications::lease_owner.eq(None::<String>),
+                notifications::lease_until.eq(None::<i64>),
+                notifications::updated_at.eq(now),
+            );
+            let (attempt, code, reply): (Option<&str>, Option<u16>, &str) = match &r.outcome {
+                Outcome::Sent {
+                    code,
+                    reply,
+                    message_id,
+                } => {
+                    diesel::update(mine)
+                        .set((
+                            notifications::status.eq(Status::Sent.as_str()),
+                            notifications::status_reason.eq(None::<String>),
+                            notifications::sent_at.eq(now),
+                            notifications::message_id.eq(message_id),
+                            notifications::smtp_reply.eq(reply),
+                            no_lease,
+                        ))
+                        .execute(conn)?;
+                    (Some("sent"), Some(*code), reply)
+                }
+                Outcome::Deferred {
+                    code,
+                    reply,
+                    next_attempt_at,
+                } => {
+                    diesel::update(mine)
+                        .set((
+                            notifications::status.eq(Status::Queued.as_str()),
+                            notifications::status_reason.eq(format!("deferred: {reply}")),
+                            notifications::next_attempt_at.eq(next_attempt_at),
+                            notifications::smtp_reply.eq(reply),
+                            no_lease,
+                        ))
+                        .execute(conn)?;
+                    (Some("deferred"), *code, reply)
+                }
+                Outcome::Failed { code, reply, reason } => {
+                    diesel::update(mine)
+                        .set((
+                            notifications::status.eq(Status::Failed.as_str()),
+                            notifications::status_reason.eq(reason),
+                            notifications::smtp_reply.eq(reply),
+                            no_lease,
+                        ))
+                        .execute(conn)?;
+                    (Some("failed"), *code, reply)
+                }
+                Outcome::Expired => {
+                    diesel::update(mine)
+                        .set((
+                            notifications::status.eq(Status::Expired.as_str()),
+                            notifications::status_reason.eq("expired before it could be delivered"),
+                            notifications::attempt_count.eq(notifications::attempt_count - 1),
+                            no_lease,
+                        ))
+                        .execute(conn)?;
+                    (None, None, "")
+                }
+                Outcome::Held { reason } => {
+                    diesel::update(mine)
+                        .set((
+                            notifications::status.eq(Status::Held.as_str()),
+                            notifications::status_reason.eq(reason),
+                            notifications::attempt_count.eq(notifications::attempt_count - 1),
+                            no_lease,
+                        ))
+                        .execute(conn)?;
+                    (None, None, "")
+                }
+                Outcome::Released => {
+                    diesel::update(mine)
+                        .set((
+                            notifications::status.eq(Status::Queued.as_str()),
+                            notifications::attempt_count.eq(notifications::attempt_count - 1),
+                            no_lease,
+                        ))
+                        .execute(conn)?;
+                    (None, None, "")
+                }
+            };
+            if let Some(outcome) = attempt {
+                diesel::insert_into(notification_attempts::table)
+                    .values((
+                        notification_attempts::notification_id.eq(&r.id),
+                        notification_attempts::attempted_at.eq(r.attempted_at),
+                        notification_attempts::outcome.eq(outcome),
+                        notification_attempts::smtp_code.eq(code.map(i32::from)),
+                        notification_attempts::reply.eq(reply),
+                        notification_attempts::duration_ms.eq(r.duration_ms),
+                    ))
+                    .execute(conn)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Whether the current settings allow sending, and to whom admin events go.
+pub struct Deliverability {
+    /// None when mail can go out; else why it is held.
+    pub blocked: Option<String>,
+    pub admin_email: Option<String>,
+}
+
+/// Periodic housekeeping: expire what is overdue, requeue abandoned leases, and move notifications
+/// between `held` and `queued` as the settings allow. Returns how many rows became queued.
+pub fn maintain(
+    conn: &mut DbConnection,
+    now: i64,
+    d: &Deliverability,
+) -> Result<usize, diesel::result::Error> {
+    conn.transaction(|conn| {
+        use crate::db::schema::notifications::dsl::*;
+        diesel::update(
+            notifications.filter(
+                status
+                    .eq_any([Status::Queued.as_str(), Status::Held.as_str()])
+                    .and(expires_at.le(now)),
+            ),
+        )
+        .set((
+            status.eq(Status::Expired.as_str()),
+            status_reason.eq("expired before it could be delivered"),
+            updated_at.eq(now),
+        ))
+        .execute(conn)?;
+        let mut queued = diesel::update(
+            notifications.filter(status.eq(Status::Sending.as_str()).and(lease_until.lt(now))),
+        )
+        .set((
+            status.eq(Status::Queued.as_str()),
+            status_reason.eq("requeued: the worker sending it stopped before recording a result"),
+            lease_owner.eq(None::<String>),
+            lease_until.eq(None::<i64>),
+            next_attempt_at.eq(now),
+            updated_at.eq(now),
+        ))
+        .execute(conn)?;
+        match &d.blocked {
+            Some(reason) => {
+                diesel::update(notifications.filter(status.eq(Status::Queued.as_str())))
+                    .set((
+                        status.eq(Status::Held.as_str()),
+                        status_reason.eq(reason),
+                        updated_at.eq(now),
+                    ))
+                    .execute(conn)?;
+            }
+            None => {
+                queued += diesel::update(
+                    notifications.filter(status.eq(Status::Held.as_str()).and(recipient.is_not_null())),
+                )
+                .set((
+                    status.eq(Status::Queued.as_str()),
+                    status_reason.eq(None::<String>),
+                    next_attempt_at.eq(now),
+                    updated_at.eq(now),
+                ))
+                .execute(conn)?;
+                if let Some(admin) = &d.admin_email {
+                    queued += diesel::update(
+                        notifications.filter(status.eq(Status::Held.as_str()).and(recipient.is_null())),
+                    )
+                    .set((
+                        status.eq(Status::Queued.as_str()),
+                        status_reason.eq(None::<String>),
+                        recipient.eq(admin),
+                        next_attempt_at.eq(now),
+                        updated_at.eq(now),
+                    ))
+                    .execute(conn)?;
+                }
+            }
+        }
+        Ok(queued)
+    })
+}
