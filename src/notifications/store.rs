@@ -427,13 +427,20 @@ pub fn maintain(
         .execute(conn)?;
         match &d.blocked {
             Some(reason) => {
-                diesel::update(notifications.filter(status.eq(Status::Queued.as_str())))
-                    .set((
-                        status.eq(Status::Held.as_str()),
-                        status_reason.eq(reason),
-                        updated_at.eq(now),
-                    ))
-                    .execute(conn)?;
+                // Queued ones go back on hold; held ones get the current reason.
+                diesel::update(
+                    notifications.filter(
+                        status.eq(Status::Queued.as_str()).or(status
+                            .eq(Status::Held.as_str())
+                            .and(status_reason.is_null().or(status_reason.ne(reason)))),
+                    ),
+                )
+                .set((
+                    status.eq(Status::Held.as_str()),
+                    status_reason.eq(reason),
+                    updated_at.eq(now),
+                ))
+                .execute(conn)?;
             }
             None => {
                 queued += diesel::update(
@@ -446,6 +453,22 @@ pub fn maintain(
                     updated_at.eq(now),
                 ))
                 .execute(conn)?;
+                if d.admin_email.is_none() {
+                    diesel::update(
+                        notifications.filter(
+                            status.eq(Status::Held.as_str()).and(recipient.is_null()).and(
+                                status_reason
+                                    .is_null()
+                                    .or(status_reason.ne(super::accept::NO_ADMIN_EMAIL)),
+                            ),
+                        ),
+                    )
+                    .set((
+                        status_reason.eq(super::accept::NO_ADMIN_EMAIL),
+                        updated_at.eq(now),
+                    ))
+                    .execute(conn)?;
+                }
                 if let Some(admin) = &d.admin_email {
                     queued += diesel::update(
                         notifications.filter(status.eq(Status::Held.as_str()).and(recipient.is_null())),

@@ -73,6 +73,10 @@ pub fn base_vars(dir: &std::path::Path, database_url: &str) -> BTreeMap<String, 
     vars.insert("MAILROOM_DATABASE_URL".into(), database_url.into());
     vars.insert("MAILROOM_DATA_DIR".into(), dir.display().to_string());
     vars.insert("MAILROOM_JWT_SECRET".into(), JWT_SECRET.into());
+    // Fast delivery for tests: retries after about a second, housekeeping every 100 ms.
+    vars.insert("MAILROOM_DELIVERY_RETRY_BASE_SECONDS".into(), "1".into());
+    vars.insert("MAILROOM_DELIVERY_RETRY_MAX_SECONDS".into(), "2".into());
+    vars.insert("MAILROOM_DELIVERY_POLL_MILLISECONDS".into(), "100".into());
     vars
 }
 
@@ -225,6 +229,49 @@ impl TestApp {
     pub async fn patch(&self, path: &str, token: &str, body: &Value) -> Reply {
         self.send(self.client.patch(self.url(path)).bearer_auth(token).json(body))
             .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Reply {
+        self.send(self.client.post(self.url(path)).bearer_auth(token).json(body))
+            .await
+    }
+
+    /// Points the SMTP settings at a test server (plain SMTP on 127.0.0.1) with a From address.
+    pub async fn use_smtp_server(&self, port: u16) {
+        let reply = self
+            .put_smtp(&serde_json::json!({
+                "host": "127.0.0.1", "port": port, "security": "none",
+                "from_address": "portal@example.com", "from_name": "Developer Portal",
+                "reply_to": "support@example.com", "timeout_seconds": 5
+            }))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+
+    pub async fn notify(&self, body: &Value) -> Reply {
+        self.post("/notifications", &admin_token(), body).await
+    }
+
+    pub async fn notification(&self, id: &str) -> Value {
+        let reply = self.get(&format!("/notifications/{id}"), &admin_token()).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.json()
+    }
+
+    /// Polls the notification until its status is `status` (panics after `timeout`).
+    pub async fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = self.notification(id).await;
+            if n["status"] == status {
+                return n;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} did not become {status} in {timeout:?}: {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn put_smtp(&self, body: &Value) -> Reply {

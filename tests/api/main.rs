@@ -2,11 +2,13 @@
 //! database when MAILROOM_TEST_POSTGRES_URL is set).
 
 mod helpers;
+mod smtp_server;
 
 mod admin_email;
 mod auth;
 mod cli;
 mod errors;
+mod notifications;
 mod openapi;
 mod settings_smtp;
 mod subjects;
