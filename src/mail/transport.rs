@@ -66,7 +66,7 @@ impl MailContext {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.allowed_hosts
             .as_ref()
-            .is_none_or(|list| list.iter().any(|h| *h == host))
+            .is_none_or(|list| list.contains(&host))
     }
 }
 

@@ -186,10 +186,9 @@ impl Dispatcher {
         let settings = &stored.value;
         let sender = Sender::from_settings(settings).ok_or("no default From address is configured")?;
         let target = SmtpTarget::from_settings(settings, &self.cipher).map_err(|e| format!("{e:#}"))?;
-        match resolve_checked(&self.mail, &target.host, target.port).await {
-            Ok(Err(refused)) => return Err(format!("refusing to connect: {refused}")),
-            // A DNS failure may be temporary: keep trying to send; each attempt reports it.
-            Ok(Ok(_)) | Err(_) => {}
+        // A DNS failure may be temporary: keep trying to send; each attempt reports it.
+        if let Ok(Err(refused)) = resolve_checked(&self.mail, &target.host, target.port).await {
+            return Err(format!("refusing to connect: {refused}"));
         }
         let transport = target
             .transport(&self.mail, self.config.concurrency as u32)

@@ -125,7 +125,7 @@ pub struct Rendered {
 
 /// Header text on one line: every run of line breaks and tabs becomes one space.
 fn one_line(s: &str) -> String {
-    s.split(|c: char| c == '\r' || c == '\n' || c == '\t')
+    s.split(['\r', '\n', '\t'])
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()

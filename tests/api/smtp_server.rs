@@ -175,10 +175,6 @@ impl SmtpServer {
             }
         }
     }
-
-    pub fn data_started(&self) -> usize {
-        *self.shared.data_started.lock().unwrap()
-    }
 }
 
 async fn connection(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
