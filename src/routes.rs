@@ -15,6 +15,7 @@ pub fn api(cfg: &mut ServiceConfig) {
         .service(events::list_events)
         .service(settings::smtp::get_smtp)
         .service(settings::smtp::put_smtp)
+        .service(settings::smtp_test::test_smtp)
         .service(settings::subjects::get_subjects)
         .service(settings::subjects::put_subjects)
         .service(settings::subjects::patch_subjects)
@@ -39,7 +40,7 @@ pub fn json_config() -> web::JsonConfig {
         .error_handler(|err, _req| json_error(err).into())
 }
 
-fn json_error(err: JsonPayloadError) -> ApiError {
+pub fn json_error(err: JsonPayloadError) -> ApiError {
     match err {
         JsonPayloadError::OverflowKnownLength { limit, .. } | JsonPayloadError::Overflow { limit } => {
             ApiError::PayloadTooLarge { limit }

@@ -23,6 +23,7 @@ use crate::mail::MailContext;
 use crate::notifications::dispatcher::{Dispatcher, Signals};
 use crate::routes::{self, RouteTable};
 use crate::secrets::{self, SecretCipher};
+use crate::settings::smtp_test::RateLimiter;
 
 /// Shared by every request handler and the dispatcher.
 pub struct AppState {
@@ -31,6 +32,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub mail: MailContext,
     pub signals: Arc<Signals>,
+    pub smtp_test_limiter: RateLimiter,
 }
 
 impl AppState {
@@ -57,9 +59,10 @@ impl AppState {
         Ok(Self {
             db,
             cipher: Arc::new(SecretCipher::new(&key)),
-            config: Arc::new(config),
             mail,
             signals: Arc::new(Signals::default()),
+            smtp_test_limiter: RateLimiter::new(config.smtp_test_rate_per_minute),
+            config: Arc::new(config),
         })
     }
 

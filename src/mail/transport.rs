@@ -146,13 +146,19 @@ pub struct SmtpTarget {
 }
 
 impl SmtpTarget {
+    /// The target for saved settings, with their password decrypted.
     pub fn from_settings(settings: &SmtpSettings, cipher: &SecretCipher) -> anyhow::Result<Self> {
         let password = settings
             .password
             .as_deref()
             .map(|sealed| cipher.decrypt(PASSWORD_PURPOSE, sealed))
             .transpose()?;
-        Ok(Self {
+        Ok(Self::with_password(settings, password))
+    }
+
+    /// The target for `settings` with a password already in hand (a draft being tested).
+    pub fn with_password(settings: &SmtpSettings, password: Option<SecretString>) -> Self {
+        Self {
             host: settings.host.clone(),
             port: settings.port,
             security: settings.security,
@@ -160,7 +166,18 @@ impl SmtpTarget {
             password,
             timeout: Duration::from_secs(settings.timeout_seconds.into()),
             tls_verify: settings.tls_verify,
-        })
+        }
+    }
+
+    /// The password and its base64 forms (as AUTH PLAIN and LOGIN send them), for redaction.
+    pub fn secret_forms(&self) -> Vec<String> {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let Some(password) = self.password.as_ref().map(|p| p.expose_secret().to_string()) else {
+            return Vec::new();
+        };
+        let user = self.username.clone().unwrap_or_default();
+        vec![b64(&format!("\0{user}\0{password}")), b64(&password), password]
     }
 
     /// TLS parameters for this host: system roots plus `MAILROOM_SMTP_CA_FILE`, verification as set.

@@ -15,7 +15,7 @@ use crate::config::DeliveryConfig;
 use crate::db::{now_millis, Db};
 use crate::mail::message::{self, Content, Sender};
 use crate::mail::transport::resolve_checked;
-use crate::mail::{MailContext, SmtpTarget};
+use crate::mail::{redact, MailContext, SmtpTarget};
 use crate::secrets::SecretCipher;
 use crate::settings::{admin_email, smtp};
 
@@ -55,26 +55,6 @@ pub fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
         .min(config.retry_max);
     let half = exp / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
-}
-
-/// Replaces every secret (and its base64 forms, as AUTH sends them) in a server reply.
-pub fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| s.len() >= 3) {
-        out = out.replace(s.as_str(), "[redacted]");
-    }
-    out
-}
-
-fn secret_forms(target: &SmtpTarget) -> Vec<String> {
-    use base64::Engine;
-    use secrecy::ExposeSecret;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let Some(password) = target.password.as_ref().map(|p| p.expose_secret().to_string()) else {
-        return Vec::new();
-    };
-    let user = target.username.clone().unwrap_or_default();
-    vec![b64(&format!("\0{user}\0{password}")), b64(&password), password]
 }
 
 impl Dispatcher {
@@ -197,7 +177,7 @@ impl Dispatcher {
             version: stored.version,
             transport: Arc::new(transport),
             sender,
-            redact: secret_forms(&target),
+            redact: target.secret_forms(),
         })
     }
 
@@ -358,7 +338,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             tls_verify: true,
         };
-        let forms = secret_forms(&target);
+        let forms = target.secret_forms();
         let echoed = format!("535 bad credentials {} for hunter2 ({})", forms[0], forms[1]);
         let clean = redact(&echoed, &forms);
         assert!(

@@ -3,6 +3,7 @@
 pub mod admin_email;
 pub mod audit;
 pub mod smtp;
+pub mod smtp_test;
 pub mod store;
 pub mod subjects;
 

@@ -330,6 +330,23 @@ impl SmtpDraft {
         }
     }
 
+    /// The settings this draft describes, without any password.
+    pub fn to_settings(&self) -> SmtpSettings {
+        SmtpSettings {
+            host: self.host.clone(),
+            port: self.port,
+            security: self.security,
+            username: self.username.clone(),
+            password: None,
+            from_address: self.from_address.clone(),
+            from_name: self.from_name.clone(),
+            reply_to: self.reply_to.clone(),
+            timeout_seconds: self.timeout_seconds,
+            tls_verify: self.tls_verify,
+            allow_insecure_auth: self.allow_insecure_auth,
+        }
+    }
+
     /// The document to store, with the password sealed (or carried over, or dropped).
     fn into_settings(
         self,
@@ -342,17 +359,8 @@ impl SmtpDraft {
             PasswordSource::None => None,
         };
         Ok(SmtpSettings {
-            host: self.host,
-            port: self.port,
-            security: self.security,
-            username: self.username,
             password,
-            from_address: self.from_address,
-            from_name: self.from_name,
-            reply_to: self.reply_to,
-            timeout_seconds: self.timeout_seconds,
-            tls_verify: self.tls_verify,
-            allow_insecure_auth: self.allow_insecure_auth,
+            ..self.to_settings()
         })
     }
 }

@@ -12,4 +12,5 @@ mod errors;
 mod notifications;
 mod openapi;
 mod settings_smtp;
+mod smtp_test;
 mod subjects;

@@ -83,6 +83,8 @@ pub struct Behaviour {
     pub implicit_tls: Option<TlsAcceptor>,
     /// Username and password; AUTH PLAIN and LOGIN are offered when set.
     pub auth: Option<(String, String)>,
+    /// The mechanisms advertised (default "PLAIN LOGIN").
+    pub auth_mechanisms: Option<&'static str>,
     /// Offer AUTH only after STARTTLS.
     pub auth_after_tls_only: bool,
     /// Put the rejected password into the 535 reply (a badly behaved server).
@@ -101,6 +103,7 @@ pub struct Behaviour {
 struct Shared {
     behaviour: Mutex<Behaviour>,
     received: Mutex<Vec<Received>>,
+    auth_attempts: Mutex<Vec<(String, String)>>,
     data_started: Mutex<usize>,
     changed: Notify,
 }
@@ -138,6 +141,11 @@ impl SmtpServer {
 
     pub fn behaviour(&self) -> std::sync::MutexGuard<'_, Behaviour> {
         self.shared.behaviour.lock().unwrap()
+    }
+
+    /// Every (username, password) a client tried.
+    pub fn auth_attempts(&self) -> Vec<(String, String)> {
+        self.shared.auth_attempts.lock().unwrap().clone()
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -240,13 +248,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
-        let (starttls_offered, auth, after_tls_only, echo) = {
+        let (starttls_offered, auth, after_tls_only, echo, mechanisms) = {
             let b = shared.behaviour.lock().unwrap();
             (
                 b.starttls.is_some() && !tls,
                 b.auth.clone(),
                 b.auth_after_tls_only,
                 b.echo_credentials,
+                b.auth_mechanisms.unwrap_or("PLAIN LOGIN"),
             )
         };
         let auth_offered = auth.is_some() && (tls || !after_tls_only);
@@ -256,7 +265,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 lines.push("250-STARTTLS".into());
             }
             if auth_offered {
-                lines.push("250-AUTH PLAIN LOGIN".into());
+                lines.push(format!("250-AUTH {mechanisms}"));
             }
             lines.push("250 SIZE 10000000".into());
             reply(&mut io, &lines.join("\r\n")).await?;
@@ -297,6 +306,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 io.read_line(&mut line).await?;
                 (b64(&user_b64), b64(line.trim()))
             };
+            shared
+                .auth_attempts
+                .lock()
+                .unwrap()
+                .push((got_user.clone(), got_pass.clone()));
             if got_user == user && got_pass == pass {
                 authed = Some(got_user);
                 reply(&mut io, "235 2.7.0 Authentication successful").await?;
