@@ -213,10 +213,11 @@ impl Run<'_> {
                 "certificate_invalid",
                 step,
                 format!("{why} ({text})"),
-                Some(format!(
+                Some(
                     "connect by the name the certificate was issued for, or trust its issuer with MAILROOM_SMTP_CA_FILE; \
                      for an internal relay you trust, set \"tls_verify\": false"
-                )),
+                        .to_string(),
+                ),
             )
         } else {
             let hint = if step == "tls" {
