@@ -21,6 +21,7 @@ use crate::db::Db;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::mail::MailContext;
 use crate::notifications::dispatcher::{Dispatcher, Signals};
+use crate::notifications::intake::Intake;
 use crate::routes::{self, RouteTable};
 use crate::secrets::{self, SecretCipher};
 use crate::settings::smtp_test::RateLimiter;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub mail: MailContext,
     pub signals: Arc<Signals>,
     pub smtp_test_limiter: RateLimiter,
+    pub intake: Intake,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
             .await
             .context("database setup panicked")??;
         Ok(Self {
+            intake: Intake::start(db.clone()),
             db,
             cipher: Arc::new(SecretCipher::new(&key)),
             mail,

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::accept::{self, AcceptContext, Acceptance, Accepted, NotificationRequest};
+use super::accept::{self, Acceptance, Accepted, NotificationRequest};
 use super::store::{self, Status};
 use crate::auth::scope::{NotificationsRead, NotificationsSend};
 use crate::auth::Authorized;
@@ -72,14 +72,7 @@ pub async fn post_notification(
     let key = idempotency_header(&req)?;
     let validated =
         accept::validate(body.into_inner().0, key.as_deref(), "", now).map_err(ApiError::Validation)?;
-    let sub = auth.sub().to_string();
-    let acceptance = state
-        .db
-        .write(move |conn| {
-            let ctx = AcceptContext::load(conn)?;
-            accept::accept(conn, &ctx, validated, &sub, now)
-        })
-        .await?;
+    let acceptance = state.intake.accept(validated, auth.sub(), now).await?;
     if let Acceptance::New(a) = &acceptance {
         if a.status == Status::Queued {
             state.wake_dispatcher();
@@ -207,21 +200,14 @@ pub async fn post_batch(
             })),
         }
     }
-    let sub = auth.sub().to_string();
-    let outcomes = state
-        .db
-        .write(move |conn| {
-            let ctx = AcceptContext::load(conn)?;
-            let mut out = Vec::with_capacity(valid.len());
-            for (index, v) in valid {
-                // A refused item (a reused key) must not undo the others: run each in a savepoint.
-                let r =
-                    diesel::Connection::transaction(conn, |conn| accept::accept(conn, &ctx, v, &sub, now));
-                out.push((index, r));
-            }
-            Ok(out)
-        })
-        .await?;
+    // Through the group committer, like single posts: each item is answered on its own.
+    let (sub, intake) = (auth.sub(), &state.intake);
+    let outcomes = futures_util::future::join_all(
+        valid
+            .into_iter()
+            .map(|(index, v)| async move { (index, intake.accept(v, sub, now).await) }),
+    )
+    .await;
     let mut wake = false;
     for (index, outcome) in outcomes {
         results[index] = Some(match outcome {
@@ -234,7 +220,6 @@ pub async fn post_batch(
                     error: None,
                 }
             }
-            Err(ApiError::Internal(e)) => return Err(ApiError::Internal(e)),
             Err(e) => BatchItemResult {
                 index,
                 status: actix_web::ResponseError::status_code(&e).as_u16(),

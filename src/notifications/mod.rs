@@ -3,5 +3,6 @@
 pub mod accept;
 pub mod dispatcher;
 pub mod http;
+pub mod intake;
 pub mod render;
 pub mod store;

@@ -1,0 +1,113 @@
+//! Group commit for accepted notifications: requests that arrive together are written in one
+//! transaction (one fsync), and each is answered only after that transaction is durable.
+
+use std::thread;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::accept::{self, AcceptContext, Acceptance, Validated};
+use crate::db::Db;
+use crate::error::ApiError;
+
+/// Most notifications written in one transaction.
+const MAX_GROUP: usize = 512;
+
+struct Job {
+    validated: Validated,
+    subject: String,
+    now: i64,
+    reply: oneshot::Sender<Result<Acceptance, ApiError>>,
+}
+
+/// Hands validated notifications to a committer thread.
+pub struct Intake {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Intake {
+    pub fn start(db: Db) -> Self {
+        let (jobs, rx) = mpsc::channel(16 * MAX_GROUP);
+        thread::Builder::new()
+            .name("mailroom-intake".into())
+            .spawn(move || committer(db, rx))
+            .expect("the intake thread starts");
+        Self { jobs }
+    }
+
+    /// Stores one notification; resolves once it is committed.
+    pub async fn accept(
+        &self,
+        validated: Validated,
+        subject: &str,
+        now: i64,
+    ) -> Result<Acceptance, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            validated,
+            subject: subject.to_string(),
+            now,
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| ApiError::Unavailable("the service is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("the intake thread stopped")))?
+    }
+}
+
+fn committer(db: Db, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let (inputs, replies): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|j| ((j.validated, j.subject, j.now), j.reply))
+            .unzip();
+        match commit(&db, inputs) {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, "committing accepted notifications failed");
+                for reply in replies {
+                    let _ = reply.send(Err(ApiError::Unavailable(format!(
+                        "the notification could not be stored: {e}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the group; each item in a savepoint so that a refused one (a reused
+/// idempotency key) does not undo the others.
+fn commit(
+    db: &Db,
+    inputs: Vec<(Validated, String, i64)>,
+) -> Result<Vec<Result<Acceptance, ApiError>>, ApiError> {
+    let mut conn = db.write_conn()?;
+    diesel::Connection::transaction(&mut *conn, |conn| {
+        let ctx = AcceptContext::load(conn)?;
+        let mut results = Vec::with_capacity(inputs.len());
+        for (validated, subject, now) in inputs {
+            let result = diesel::Connection::transaction(conn, |conn| {
+                accept::accept(conn, &ctx, validated, &subject, now)
+            });
+            if let Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) = result {
+                return Err(e);
+            }
+            results.push(result);
+        }
+        Ok(results)
+    })
+}
