@@ -2,29 +2,20 @@
 //! same TLS parameters, HELO name, credentials and timeouts as delivery, and says exactly which
 //! step failed, with a stable code and, where a likely fix is known, a hint.
 
-// lettre's `AsyncNetworkStream` is deprecated as public API, but it is the only way to run the
-// implicit-TLS handshake with the very `TlsParameters` that delivery uses.
-#![allow(deprecated)]
-
-use std::fmt;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::Mechanism;
-use lettre::transport::smtp::client::{AsyncNetworkStream, AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::Extension;
 use lettre::Address;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use utoipa::ToSchema;
 
 use super::message::{self, Content, Sender};
-use super::transport::{resolve_checked, HostRefused, MailContext, SmtpTarget};
+use super::transport::{connect_tcp, resolve_checked, HostRefused, MailContext, SmtpStream, SmtpTarget};
 use crate::settings::smtp::Security;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -67,61 +58,6 @@ pub struct TestReport {
     pub error: Option<TestError>,
     /// Whether a test message was accepted by the server.
     pub message_sent: bool,
-}
-
-/// A stream lettre can drive: a TCP or TLS stream, with bytes we already read (the greeting)
-/// replayed first.
-struct ProbeStream {
-    replay: Vec<u8>,
-    inner: Pin<Box<dyn Io>>,
-    peer: SocketAddr,
-}
-
-trait Io: AsyncRead + AsyncWrite + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Send + Sync> Io for T {}
-
-impl fmt::Debug for ProbeStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ProbeStream({})", self.peer)
-    }
-}
-
-impl AsyncRead for ProbeStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.replay.is_empty() {
-            let n = self.replay.len().min(buf.remaining());
-            buf.put_slice(&self.replay[..n]);
-            self.replay.drain(..n);
-            return Poll::Ready(Ok(()));
-        }
-        self.inner.as_mut().poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ProbeStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.inner.as_mut().poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.inner.as_mut().poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.inner.as_mut().poll_shutdown(cx)
-    }
-}
-
-impl AsyncTokioStream for ProbeStream {
-    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.peer)
-    }
 }
 
 /// Providers known to refuse account passwords over SMTP and require an app password.
@@ -394,13 +330,13 @@ async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> 
     let mut last_error = None;
     let mut tcp = None;
     for addr in &addrs {
-        match with_timeout(limit, TcpStream::connect(addr)).await {
-            Some(Ok(s)) => {
+        match connect_tcp(*addr, limit).await {
+            Ok(s) => {
                 tcp = Some((s, *addr));
                 break;
             }
-            Some(Err(e)) => last_error = Some((addr, Some(e))),
-            None => last_error = Some((addr, None)),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => last_error = Some((addr, None)),
+            Err(e) => last_error = Some((addr, Some(e))),
         }
     }
     let Some((tcp, peer)) = tcp else {
@@ -449,14 +385,9 @@ async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> 
 
     // tls (implicit) or greeting
     let mut greeting = Vec::new();
-    let stream: ProbeStream = if t.security == Security::Tls {
+    let stream: SmtpStream = if t.security == Security::Tls {
         let at = Instant::now();
-        let mut ns = AsyncNetworkStream::use_existing_tokio1(Box::new(ProbeStream {
-            replay: Vec::new(),
-            inner: Box::pin(tcp),
-            peer,
-        }));
-        match with_timeout(limit, ns.upgrade_tls(tls_params.clone())).await {
+        match with_timeout(limit, SmtpStream::implicit_tls(tcp, peer, tls_params.clone())).await {
             None => {
                 run.record(
                     "tls",
@@ -480,13 +411,10 @@ async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> 
                 run.record("tls", at, false, text.clone(), None);
                 return Err(run.tls_error("tls", &text));
             }
-            Some(Ok(())) => run.record("tls", at, true, format!("TLS established with {}", t.host), None),
-        }
-        let compat: Compat<AsyncNetworkStream> = ns.compat();
-        ProbeStream {
-            replay: Vec::new(),
-            inner: Box::pin(compat),
-            peer,
+            Some(Ok(stream)) => {
+                run.record("tls", at, true, format!("TLS established with {}", t.host), None);
+                stream
+            }
         }
     } else {
         let at = Instant::now();
@@ -512,19 +440,12 @@ async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> 
                 return Err(e);
             }
         }
-        ProbeStream {
-            replay: Vec::new(),
-            inner: Box::pin(tcp),
-            peer,
-        }
+        SmtpStream::plain(tcp, peer)
     };
 
     // ehlo (lettre reads the greeting again from the replay buffer, then says EHLO)
     let at = Instant::now();
-    let stream = ProbeStream {
-        replay: greeting,
-        ..stream
-    };
+    let stream = stream.with_replay(greeting);
     let client_id = ctx.client_id();
     let mut conn = match with_timeout(
         limit,

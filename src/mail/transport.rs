@@ -1,16 +1,27 @@
-//! The one place an SMTP connection is configured, for delivery and for the connection test alike:
-//! host, port, security, credentials, timeouts, HELO name, TLS roots and the host policy.
+//! The one place an SMTP connection is configured and opened, for delivery and for the connection
+//! test alike: host, port, security, credentials, timeouts, HELO name, TLS roots, host policy.
 
+// lettre's `AsyncNetworkStream` is deprecated as public API, but it is the only way to run the
+// implicit-TLS handshake with lettre's `TlsParameters` over a socket we opened ourselves.
+#![allow(deprecated)]
+
+use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::authentication::Mechanism;
+use lettre::transport::smtp::client::{
+    AsyncNetworkStream, AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::config::Config;
 use crate::secrets::SecretCipher;
@@ -134,6 +145,122 @@ pub async fn resolve_checked(
     Ok(Ok(addrs))
 }
 
+/// A stream lettre can drive: a TCP or TLS stream we opened (with TCP_NODELAY: SMTP is a
+/// request/response protocol and Nagle's algorithm would stall every command on delayed ACKs),
+/// with bytes we already read (the greeting, in the test) replayed first.
+pub struct SmtpStream {
+    replay: Vec<u8>,
+    inner: Pin<Box<dyn Io>>,
+    peer: SocketAddr,
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync> Io for T {}
+
+impl SmtpStream {
+    pub fn plain(tcp: TcpStream, peer: SocketAddr) -> Self {
+        Self {
+            replay: Vec::new(),
+            inner: Box::pin(tcp),
+            peer,
+        }
+    }
+
+    /// Implicit TLS, with lettre's TLS parameters (the same roots and verification as STARTTLS).
+    pub async fn implicit_tls(
+        tcp: TcpStream,
+        peer: SocketAddr,
+        params: TlsParameters,
+    ) -> Result<Self, lettre::transport::smtp::Error> {
+        let mut stream = AsyncNetworkStream::use_existing_tokio1(Box::new(Self::plain(tcp, peer)));
+        stream.upgrade_tls(params).await?;
+        Ok(Self {
+            replay: Vec::new(),
+            inner: Box::pin(stream.compat()),
+            peer,
+        })
+    }
+
+    /// Returns `bytes` to the next reader before anything from the socket.
+    pub fn with_replay(self, bytes: Vec<u8>) -> Self {
+        Self {
+            replay: bytes,
+            ..self
+        }
+    }
+}
+
+impl fmt::Debug for SmtpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SmtpStream({})", self.peer)
+    }
+}
+
+impl AsyncRead for SmtpStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.replay.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SmtpStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.as_mut().poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for SmtpStream {
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.peer)
+    }
+}
+
+/// Opens a TCP connection to `addr` with TCP_NODELAY set.
+pub async fn connect_tcp(addr: SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection to {addr} within {limit:?}"),
+            )
+        })??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Why a delivery connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("refusing to connect: {0}")]
+    Refused(#[from] HostRefused),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("{step} did not complete within {secs} s")]
+    Timeout { step: &'static str, secs: u64 },
+}
+
 /// Everything needed to open an SMTP session, resolved from settings (password decrypted).
 pub struct SmtpTarget {
     pub host: String,
@@ -206,31 +333,62 @@ impl SmtpTarget {
         })
     }
 
-    /// A pooled transport that keeps up to `pool_size` connections open and reuses them.
-    pub fn transport(
-        &self,
-        ctx: &MailContext,
-        pool_size: u32,
-    ) -> Result<AsyncSmtpTransport<Tokio1Executor>, lettre::transport::smtp::Error> {
-        let tls = match self.security {
-            Security::None => Tls::None,
-            Security::Starttls => Tls::Required(self.tls_parameters(ctx)?),
-            Security::Tls => Tls::Wrapper(self.tls_parameters(ctx)?),
-        };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(self.host.clone())
-            .port(self.port)
-            .tls(tls)
-            .timeout(Some(self.timeout))
-            .hello_name(ctx.client_id())
-            .pool_config(
-                PoolConfig::new()
-                    .max_size(pool_size)
-                    .idle_timeout(Duration::from_secs(60)),
-            );
-        if let Some(credentials) = self.credentials() {
-            builder = builder.credentials(credentials);
+    /// Opens an authenticated session ready for MAIL FROM: resolve (with the host policy), connect,
+    /// implicit TLS or STARTTLS as configured, EHLO, AUTH. The SMTP test walks the same steps one by
+    /// one with the same parameters.
+    pub async fn connect(&self, ctx: &MailContext) -> Result<AsyncSmtpConnection, ConnectError> {
+        let limit = self.timeout;
+        let secs = limit.as_secs();
+        let timed = |step: &'static str| move |_| ConnectError::Timeout { step, secs };
+        let addrs = tokio::time::timeout(limit, resolve_checked(ctx, &self.host, self.port))
+            .await
+            .map_err(timed("DNS resolution"))???;
+        let mut last = None;
+        let mut opened = None;
+        for addr in addrs {
+            match connect_tcp(addr, limit).await {
+                Ok(tcp) => {
+                    opened = Some((tcp, addr));
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
         }
-        Ok(builder.build())
+        let (tcp, peer) = opened.ok_or_else(|| {
+            last.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address")
+            })
+        })?;
+        let stream = match self.security {
+            Security::Tls => tokio::time::timeout(
+                limit,
+                SmtpStream::implicit_tls(tcp, peer, self.tls_parameters(ctx)?),
+            )
+            .await
+            .map_err(timed("the TLS handshake"))??,
+            _ => SmtpStream::plain(tcp, peer),
+        };
+        let client_id = ctx.client_id();
+        let mut conn = tokio::time::timeout(
+            limit,
+            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &client_id),
+        )
+        .await
+        .map_err(timed("the greeting and EHLO"))??;
+        if self.security == Security::Starttls {
+            tokio::time::timeout(limit, conn.starttls(self.tls_parameters(ctx)?, &client_id))
+                .await
+                .map_err(timed("STARTTLS"))??;
+        }
+        if let Some(credentials) = self.credentials() {
+            tokio::time::timeout(
+                limit,
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials),
+            )
+            .await
+            .map_err(timed("AUTH"))??;
+        }
+        Ok(conn)
     }
 }
 

@@ -1,11 +1,11 @@
 //! The dispatcher: claims due notifications in batches, sends them over pooled SMTP connections
 //! outside any transaction, and records the outcomes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 
@@ -14,7 +14,7 @@ use super::store::{self, Claimed, Deliverability, Outcome, Recorded};
 use crate::config::DeliveryConfig;
 use crate::db::{now_millis, Db};
 use crate::mail::message::{self, Content, Sender};
-use crate::mail::transport::resolve_checked;
+use crate::mail::transport::{resolve_checked, ConnectError};
 use crate::mail::{redact, MailContext, SmtpTarget};
 use crate::secrets::SecretCipher;
 use crate::settings::{admin_email, smtp};
@@ -26,13 +26,15 @@ pub struct Signals {
     pub settings: Notify,
 }
 
-/// The transport and sender for one version of the SMTP settings.
+/// Where and as whom to send, for one version of the SMTP settings, with its open connections.
 struct Route {
     version: i64,
-    transport: Arc<AsyncSmtpTransport<Tokio1Executor>>,
+    target: SmtpTarget,
     sender: Sender,
     /// Secrets to scrub from any server reply we store.
     redact: Vec<String>,
+    /// Authenticated sessions kept open between messages (at most `concurrency`).
+    idle: Mutex<Vec<AsyncSmtpConnection>>,
 }
 
 pub struct Dispatcher {
@@ -170,14 +172,12 @@ impl Dispatcher {
         if let Ok(Err(refused)) = resolve_checked(&self.mail, &target.host, target.port).await {
             return Err(format!("refusing to connect: {refused}"));
         }
-        let transport = target
-            .transport(&self.mail, self.config.concurrency as u32)
-            .map_err(|e| format!("cannot set up the SMTP transport: {e}"))?;
         Ok(Route {
             version: stored.version,
-            transport: Arc::new(transport),
-            sender,
             redact: target.secret_forms(),
+            target,
+            sender,
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -252,17 +252,29 @@ impl Dispatcher {
                 }
             }
         };
-        match route.transport.send(message).await {
+        let envelope = message.envelope().clone();
+        let bytes = message.formatted();
+        match self.transmit(route, &envelope, &bytes).await {
             Ok(response) => Outcome::Sent {
                 code: u16::from(response.code()),
                 reply: redact(&response.message().collect::<Vec<_>>().join(" "), &route.redact),
                 message_id: route.sender.message_id(&n.id),
             },
-            Err(e) => {
-                let code = e.status().map(u16::from);
-                let reply = redact(&e.to_string(), &route.redact);
+            Err(failure) => {
+                let (code, reply, permanent) = match &failure {
+                    SendFailure::Smtp(e) => (e.status().map(u16::from), e.to_string(), e.is_permanent()),
+                    // Connection, TLS and AUTH problems are the server's or the settings', not
+                    // the message's: retry, so that fixed settings still deliver it.
+                    SendFailure::Connect(e) => (None, format!("cannot open an SMTP session: {e}"), false),
+                    SendFailure::Timeout(secs) => (
+                        None,
+                        format!("the server did not accept the message within {secs} s"),
+                        false,
+                    ),
+                };
+                let reply = redact(&reply, &route.redact);
                 let attempts = n.attempt_count.max(1) as u32;
-                if e.is_permanent() {
+                if permanent {
                     Outcome::Failed {
                         code,
                         reason: format!("rejected by the SMTP server: {reply}"),
@@ -285,6 +297,59 @@ impl Dispatcher {
             }
         }
     }
+
+    /// Sends over a pooled session, opening one when none is idle. A pooled session the server
+    /// has meanwhile closed fails before MAIL FROM is answered; then one fresh session is tried.
+    async fn transmit(
+        &self,
+        route: &Route,
+        envelope: &lettre::address::Envelope,
+        bytes: &[u8],
+    ) -> Result<lettre::transport::smtp::response::Response, SendFailure> {
+        let limit = route.target.timeout * 2;
+        let pooled = route.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let (mut conn, mut reused) = match pooled {
+            Some(conn) => (conn, true),
+            None => (
+                route
+                    .target
+                    .connect(&self.mail)
+                    .await
+                    .map_err(SendFailure::Connect)?,
+                false,
+            ),
+        };
+        loop {
+            match tokio::time::timeout(limit, conn.send(envelope, bytes)).await {
+                Ok(Ok(response)) => {
+                    let mut idle = route.idle.lock().unwrap_or_else(|p| p.into_inner());
+                    if !conn.has_broken() && idle.len() < self.config.concurrency {
+                        idle.push(conn);
+                    }
+                    return Ok(response);
+                }
+                Ok(Err(e)) if reused && e.status().is_none() && !e.is_timeout() => {
+                    reused = false;
+                    conn = route
+                        .target
+                        .connect(&self.mail)
+                        .await
+                        .map_err(SendFailure::Connect)?;
+                }
+                Ok(Err(e)) => return Err(SendFailure::Smtp(e)),
+                Err(_) => {
+                    conn.abort().await;
+                    return Err(SendFailure::Timeout(limit.as_secs()));
+                }
+            }
+        }
+    }
+}
+
+enum SendFailure {
+    Connect(ConnectError),
+    Smtp(lettre::transport::smtp::Error),
+    Timeout(u64),
 }
 
 #[cfg(test)]

@@ -595,3 +595,20 @@ async fn notification_routes_need_their_scopes() {
         .await
         .problem(404, "not_found");
 }
+
+#[tokio::test]
+async fn consecutive_messages_reuse_one_smtp_session() {
+    let app = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DELIVERY_CONCURRENCY", "1")])
+        .await
+        .unwrap();
+    let server = SmtpServer::start(Behaviour::default()).await;
+    app.use_smtp_server(server.port).await;
+    for i in 0..5 {
+        let reply = app
+            .notify(&json!({"event": "user_deactivated", "to": format!("u{i}@example.com")}))
+            .await;
+        assert_eq!(reply.status, 202);
+        server.wait_for(i + 1, WAIT).await;
+    }
+    assert_eq!(server.connections(), 1, "each message opened its own connection");
+}

@@ -104,6 +104,7 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     received: Mutex<Vec<Received>>,
     auth_attempts: Mutex<Vec<(String, String)>>,
+    connections: Mutex<usize>,
     data_started: Mutex<usize>,
     changed: Notify,
 }
@@ -131,6 +132,7 @@ impl SmtpServer {
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let s = s.clone();
+                *s.connections.lock().unwrap() += 1;
                 tokio::spawn(async move {
                     let _ = connection(tcp, s).await;
                 });
@@ -146,6 +148,11 @@ impl SmtpServer {
     /// Every (username, password) a client tried.
     pub fn auth_attempts(&self) -> Vec<(String, String)> {
         self.shared.auth_attempts.lock().unwrap().clone()
+    }
+
+    /// How many TCP connections clients opened.
+    pub fn connections(&self) -> usize {
+        *self.shared.connections.lock().unwrap()
     }
 
     pub fn received(&self) -> Vec<Received> {
