@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+// glibc's malloc showed up at about 10% of the accept path's profile (many small JSON and
+// template allocations across threads); mimalloc handles that pattern better.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use mailroom::config::Config;
 use mailroom::startup::{self, Application};
 

@@ -303,6 +303,64 @@ impl Acceptance {
     }
 }
 
+/// Renders a notification and decides its initial status: the row to store and the answer.
+pub fn prepare(
+    ctx: &AcceptContext,
+    v: &Validated,
+    subject_sub: &str,
+    now: i64,
+) -> Result<(NotificationRow, Accepted), ApiError> {
+    let Rendered { subject, text, html } =
+        render::render(v.event, subjects::subject_for(&ctx.subjects, v.event), &v.data)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering {} failed: {e}", v.event.name)))?;
+    let recipient = v.to.clone().or_else(|| ctx.admin_email.clone());
+    let held_reason = ctx
+        .blocked
+        .clone()
+        .or_else(|| recipient.is_none().then(|| NO_ADMIN_EMAIL.to_string()));
+    let status = if held_reason.is_some() {
+        Status::Held
+    } else {
+        Status::Queued
+    };
+    let expires_at = v.expires_at.unwrap_or(now + v.event.default_ttl_seconds * 1000);
+    let id = uuid::Uuid::now_v7().to_string();
+    let row = NotificationRow {
+        id: id.clone(),
+        event: v.event.name.to_string(),
+        recipient: recipient.clone(),
+        to_name: v.to_name.clone(),
+        data: serde_json::to_string(&v.data).map_err(|e| ApiError::Internal(e.into()))?,
+        subject: subject.clone(),
+        text_body: text,
+        html_body: html,
+        status: status.as_str().to_string(),
+        status_reason: held_reason.clone(),
+        created_at: now,
+        updated_at: now,
+        expires_at,
+        next_attempt_at: now,
+        lease_owner: None,
+        lease_until: None,
+        attempt_count: 0,
+        sent_at: None,
+        message_id: None,
+        smtp_reply: None,
+        created_by: subject_sub.to_string(),
+    };
+    let accepted = Accepted {
+        id: id.clone(),
+        status,
+        status_reason: held_reason,
+        event: v.event.name.to_string(),
+        to: recipient,
+        subject,
+        created_at: millis_to_datetime(now),
+        expires_at: millis_to_datetime(expires_at),
+    };
+    Ok((row, accepted))
+}
+
 /// Stores one validated notification (inside the caller's transaction).
 pub fn accept(
     conn: &mut DbConnection,
@@ -325,69 +383,28 @@ pub fn accept(
             return Ok(Acceptance::Repeat(accepted));
         }
     }
-    let Rendered { subject, text, html } =
-        render::render(v.event, subjects::subject_for(&ctx.subjects, v.event), &v.data)
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering {} failed: {e}", v.event.name)))?;
-    let recipient = v.to.clone().or_else(|| ctx.admin_email.clone());
-    let held_reason = ctx
-        .blocked
-        .clone()
-        .or_else(|| recipient.is_none().then(|| NO_ADMIN_EMAIL.to_string()));
-    let status = if held_reason.is_some() {
-        Status::Held
-    } else {
-        Status::Queued
-    };
-    let expires_at = v.expires_at.unwrap_or(now + v.event.default_ttl_seconds * 1000);
-    let id = uuid::Uuid::now_v7().to_string();
-    let row = NotificationRow {
-        id: id.clone(),
-        event: v.event.name.to_string(),
-        recipient: recipient.clone(),
-        to_name: v.to_name,
-        data: serde_json::Value::Object(v.data).to_string(),
-        subject: subject.clone(),
-        text_body: text,
-        html_body: html,
-        status: status.as_str().to_string(),
-        status_reason: held_reason.clone(),
-        created_at: now,
-        updated_at: now,
-        expires_at,
-        next_attempt_at: now,
-        lease_owner: None,
-        lease_until: None,
-        attempt_count: 0,
-        sent_at: None,
-        message_id: None,
-        smtp_reply: None,
-        created_by: subject_sub.to_string(),
-    };
+    let (row, accepted) = prepare(ctx, &v, subject_sub, now)?;
     store::insert(conn, &row)?;
-    let accepted = Accepted {
-        id: id.clone(),
-        status,
-        status_reason: held_reason,
-        event: v.event.name.to_string(),
-        to: recipient,
-        subject,
-        created_at: millis_to_datetime(now),
-        expires_at: millis_to_datetime(expires_at),
-    };
     if let Some(key) = &v.idempotency_key {
         let response = serde_json::to_string(&accepted).map_err(|e| ApiError::Internal(e.into()))?;
-        store::insert_idempotency(conn, subject_sub, key, &v.request_hash, &id, &response, now).map_err(
-            |e| match e {
-                diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    _,
-                ) => ApiError::Conflict {
+        store::insert_idempotency(
+            conn,
+            subject_sub,
+            key,
+            &v.request_hash,
+            &accepted.id,
+            &response,
+            now,
+        )
+        .map_err(|e| match e {
+            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
+                ApiError::Conflict {
                     code: "idempotency_key_in_use",
                     detail: "a request with this Idempotency-Key is being processed; retry it".into(),
-                },
-                e => e.into(),
-            },
-        )?;
+                }
+            }
+            e => e.into(),
+        })?;
     }
     Ok(Acceptance::New(accepted))
 }

@@ -6,6 +6,7 @@ use std::thread;
 use tokio::sync::{mpsc, oneshot};
 
 use super::accept::{self, AcceptContext, Acceptance, Validated};
+use super::store;
 use crate::db::Db;
 use crate::error::ApiError;
 
@@ -89,8 +90,8 @@ fn committer(db: Db, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// One transaction for the group; each item in a savepoint so that a refused one (a reused
-/// idempotency key) does not undo the others.
+/// One transaction for the group. Items with an idempotency key each run in a savepoint, so a
+/// refused one (a reused key) does not undo the others; the rest go in multi-row INSERTs.
 fn commit(
     db: &Db,
     inputs: Vec<(Validated, String, i64)>,
@@ -99,15 +100,24 @@ fn commit(
     diesel::Connection::transaction(&mut *conn, |conn| {
         let ctx = AcceptContext::load(conn)?;
         let mut results = Vec::with_capacity(inputs.len());
+        let mut rows = Vec::with_capacity(inputs.len());
         for (validated, subject, now) in inputs {
-            let result = diesel::Connection::transaction(conn, |conn| {
-                accept::accept(conn, &ctx, validated, &subject, now)
-            });
+            let result = if validated.idempotency_key.is_some() {
+                diesel::Connection::transaction(conn, |conn| {
+                    accept::accept(conn, &ctx, validated, &subject, now)
+                })
+            } else {
+                accept::prepare(&ctx, &validated, &subject, now).map(|(row, accepted)| {
+                    rows.push(row);
+                    Acceptance::New(accepted)
+                })
+            };
             if let Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) = result {
                 return Err(e);
             }
             results.push(result);
         }
+        store::insert_many(conn, &rows)?;
         Ok(results)
     })
 }

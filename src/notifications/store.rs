@@ -103,6 +103,23 @@ pub fn insert(conn: &mut DbConnection, row: &NotificationRow) -> Result<(), ApiE
     Ok(())
 }
 
+/// Inserts many rows with multi-row INSERTs (written per backend: diesel's batch insert does not
+/// go through the MultiConnection enum).
+pub fn insert_many(conn: &mut DbConnection, rows: &[NotificationRow]) -> Result<(), diesel::result::Error> {
+    // 21 columns x 400 rows stays well under SQLite's 32,766 bound parameters.
+    for chunk in rows.chunks(400) {
+        match conn {
+            DbConnection::Sqlite(c) => diesel::insert_into(notifications::table)
+                .values(chunk)
+                .execute(c)?,
+            DbConnection::Postgres(c) => diesel::insert_into(notifications::table)
+                .values(chunk)
+                .execute(c)?,
+        };
+    }
+    Ok(())
+}
+
 pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<NotificationRow>, ApiError> {
     Ok(notifications::table
         .find(id)
