@@ -40,6 +40,8 @@ class Sink:
         self.proc = subprocess.Popen(["smtp-sink", "-u", "root", "-c", f"127.0.0.1:{SINK_PORT}", "1024"],
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         time.sleep(0.3)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"smtp-sink did not start (is port {SINK_PORT} taken?): " + open(self.log).read())
 
     def count(self):
         text = open(self.log, errors="replace").read()
