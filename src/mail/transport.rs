@@ -335,8 +335,13 @@ impl SmtpTarget {
 
     /// Opens an authenticated session ready for MAIL FROM: resolve (with the host policy), connect,
     /// implicit TLS or STARTTLS as configured, EHLO, AUTH. The SMTP test walks the same steps one by
-    /// one with the same parameters.
-    pub async fn connect(&self, ctx: &MailContext) -> Result<AsyncSmtpConnection, ConnectError> {
+    /// one with the same parameters. `tls` comes from [`Self::tls_parameters`], built once per
+    /// settings version (it reads the system's root certificates).
+    pub async fn connect(
+        &self,
+        ctx: &MailContext,
+        tls: &TlsParameters,
+    ) -> Result<AsyncSmtpConnection, ConnectError> {
         let limit = self.timeout;
         let secs = limit.as_secs();
         let timed = |step: &'static str| move |_| ConnectError::Timeout { step, secs };
@@ -360,12 +365,9 @@ impl SmtpTarget {
             })
         })?;
         let stream = match self.security {
-            Security::Tls => tokio::time::timeout(
-                limit,
-                SmtpStream::implicit_tls(tcp, peer, self.tls_parameters(ctx)?),
-            )
-            .await
-            .map_err(timed("the TLS handshake"))??,
+            Security::Tls => tokio::time::timeout(limit, SmtpStream::implicit_tls(tcp, peer, tls.clone()))
+                .await
+                .map_err(timed("the TLS handshake"))??,
             _ => SmtpStream::plain(tcp, peer),
         };
         let client_id = ctx.client_id();
@@ -376,7 +378,7 @@ impl SmtpTarget {
         .await
         .map_err(timed("the greeting and EHLO"))??;
         if self.security == Security::Starttls {
-            tokio::time::timeout(limit, conn.starttls(self.tls_parameters(ctx)?, &client_id))
+            tokio::time::timeout(limit, conn.starttls(tls.clone(), &client_id))
                 .await
                 .map_err(timed("STARTTLS"))??;
         }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
-use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 
@@ -30,6 +30,7 @@ pub struct Signals {
 struct Route {
     version: i64,
     target: SmtpTarget,
+    tls: TlsParameters,
     sender: Sender,
     /// Secrets to scrub from any server reply we store.
     redact: Vec<String>,
@@ -172,8 +173,12 @@ impl Dispatcher {
         if let Ok(Err(refused)) = resolve_checked(&self.mail, &target.host, target.port).await {
             return Err(format!("refusing to connect: {refused}"));
         }
+        let tls = target
+            .tls_parameters(&self.mail)
+            .map_err(|e| format!("cannot set up TLS for the SMTP server: {e}"))?;
         Ok(Route {
             version: stored.version,
+            tls,
             redact: target.secret_forms(),
             target,
             sender,
@@ -313,7 +318,7 @@ impl Dispatcher {
             None => (
                 route
                     .target
-                    .connect(&self.mail)
+                    .connect(&self.mail, &route.tls)
                     .await
                     .map_err(SendFailure::Connect)?,
                 false,
@@ -332,7 +337,7 @@ impl Dispatcher {
                     reused = false;
                     conn = route
                         .target
-                        .connect(&self.mail)
+                        .connect(&self.mail, &route.tls)
                         .await
                         .map_err(SendFailure::Connect)?;
                 }
