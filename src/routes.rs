@@ -118,6 +118,7 @@ impl RouteTable {
             })
             .collect();
         routes.push((ResourceDef::new("/openapi.json"), vec!["GET".into()]));
+        routes.push((ResourceDef::new("/docs"), vec!["GET".into()]));
         Self(routes)
     }
 }
@@ -131,4 +132,11 @@ pub async fn fallback(req: HttpRequest, table: web::Data<RouteTable>) -> Result<
         },
         None => ApiError::NotFound(format!("no resource at {path}")),
     })
+}
+
+/// `/docs` is where people look for the API documentation; Swagger UI lives at `/docs/`.
+pub async fn docs_redirect() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header((actix_web::http::header::LOCATION, "/docs/"))
+        .finish()
 }

@@ -235,6 +235,7 @@ fn run(
             .configure(routes::api)
             .openapi_service(|_| SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", spec.clone()))
             .into_app()
+            .route("/docs", web::get().to(routes::docs_redirect))
             .default_service(web::to(routes::fallback))
     })
     .listen(listener)?

@@ -41,4 +41,8 @@ async fn swagger_ui_is_served_without_the_internet() {
     let docs = app.send(app.client.get(app.url("/docs/"))).await;
     assert_eq!(docs.status, 200);
     assert!(docs.text.to_lowercase().contains("swagger"));
+    // reqwest follows the redirect from /docs to /docs/.
+    let bare = app.send(app.client.get(app.url("/docs"))).await;
+    assert_eq!(bare.status, 200);
+    assert!(bare.text.to_lowercase().contains("swagger"));
 }
