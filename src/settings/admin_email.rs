@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::store::{self, Stored};
-use super::{check_if_match, etag, if_match_header};
+use super::{etag, if_match_header};
 use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::db::{millis_to_datetime, DbConnection};
@@ -120,26 +120,7 @@ pub async fn put_admin_email(
     let actor = auth.sub().to_string();
     let stored = state
         .db
-        .write(move |conn| {
-            let current = store::load::<Option<AdminEmail>>(conn, KEY)?;
-            let version = current.as_ref().map_or(0, |c| c.version);
-            check_if_match(if_match.as_deref(), version)?;
-            let old = current.and_then(|c| c.value).map(|a| a.email);
-            let changes = store::diff_fields(
-                &serde_json::json!({ "email": old }),
-                &serde_json::json!({ "email": next.as_ref().map(|a| &a.email) }),
-                &[],
-            );
-            let stored = store::save(conn, KEY, next, version, &actor)?;
-            store::audit(
-                conn,
-                &actor,
-                "settings.updated",
-                KEY,
-                serde_json::json!({ "changes": changes }),
-            )?;
-            Ok(stored)
-        })
+        .write(move |conn| store::update(conn, KEY, if_match.as_deref(), &actor, &[], |_| Ok(next)))
         .await?;
     state.settings_changed();
     Ok(respond(Some(&stored)))

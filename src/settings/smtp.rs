@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::store::{self, Stored};
-use super::{check_if_match, etag, if_match_header};
+use super::{etag, if_match_header};
 use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::db::{millis_to_datetime, DbConnection};
@@ -78,12 +78,6 @@ pub struct SmtpSettings {
 }
 
 impl SmtpSettings {
-    /// For audit diffs: `password` is ciphertext here (a new one per change) and the diff shows
-    /// it only as "changed".
-    fn audit_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
-    }
-
     /// Whether a stored password may be used with `other`: only for the same server and account.
     pub fn same_account(&self, host: &str, port: u16, username: Option<&str>) -> bool {
         self.host.eq_ignore_ascii_case(host) && self.port == port && self.username.as_deref() == username
@@ -496,24 +490,9 @@ pub async fn put_smtp(
     let stored = state
         .db
         .write(move |conn| {
-            let current = load(conn)?;
-            check_if_match(if_match.as_deref(), current.as_ref().map_or(0, |c| c.version))?;
-            let saved = current.as_ref().map(|c| &c.value);
-            let next = draft.into_settings(saved, &app.cipher)?;
-            let changes = store::diff_fields(
-                &saved.map(SmtpSettings::audit_json).unwrap_or_default(),
-                &next.audit_json(),
-                &["password"],
-            );
-            let stored = store::save(conn, KEY, next, current.map_or(0, |c| c.version), &actor)?;
-            store::audit(
-                conn,
-                &actor,
-                "settings.updated",
-                KEY,
-                serde_json::json!({ "changes": changes }),
-            )?;
-            Ok(stored)
+            store::update(conn, KEY, if_match.as_deref(), &actor, &["password"], |saved| {
+                draft.into_settings(saved, &app.cipher)
+            })
         })
         .await?;
     state.settings_changed();

@@ -104,6 +104,39 @@ pub fn save<T: Serialize>(
     })
 }
 
+/// Replaces a settings document in one transaction: checks `If-Match` against the current
+/// version, builds the next value from the current one, saves it and audits which fields changed
+/// (the fields named in `secrets` only as "changed").
+pub fn update<T, F>(
+    conn: &mut DbConnection,
+    key: &str,
+    if_match: Option<&str>,
+    actor: &str,
+    secrets: &[&str],
+    next: F,
+) -> Result<Stored<T>, ApiError>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce(Option<&T>) -> Result<T, ApiError>,
+{
+    let current = load::<T>(conn, key)?;
+    let version = current.as_ref().map_or(0, |c| c.version);
+    super::check_if_match(if_match, version)?;
+    let old = current.as_ref().map(|c| &c.value);
+    let value = next(old)?;
+    let as_json = |v: &T| serde_json::to_value(v).unwrap_or_default();
+    let changes = diff_fields(&old.map(as_json).unwrap_or_default(), &as_json(&value), secrets);
+    let stored = save(conn, key, value, version, actor)?;
+    audit(
+        conn,
+        actor,
+        "settings.updated",
+        key,
+        serde_json::json!({ "changes": changes }),
+    )?;
+    Ok(stored)
+}
+
 /// Appends an audit record. `details` must never hold a secret.
 pub fn audit(
     conn: &mut DbConnection,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::store::{self, Stored};
-use super::{check_if_match, etag, if_match_header};
+use super::{etag, if_match_header};
 use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::db::DbConnection;
@@ -206,26 +206,16 @@ async fn write(
     let stored = state
         .db
         .write(move |conn| {
-            let current = store::load::<CustomSubjects>(conn, KEY)?;
-            let version = current.as_ref().map_or(0, |c| c.version);
-            check_if_match(if_match.as_deref(), version)?;
-            let empty = CustomSubjects::new();
-            let old = current.as_ref().map_or(&empty, |c| &c.value);
-            let next = apply(input, old, replace)?;
-            let changes = store::diff_fields(
-                &serde_json::to_value(old).unwrap_or_default(),
-                &serde_json::to_value(&next).unwrap_or_default(),
-                &[],
-            );
-            let stored = store::save(conn, KEY, next, version, &actor)?;
-            store::audit(
+            store::update(
                 conn,
-                &actor,
-                "settings.updated",
                 KEY,
-                serde_json::json!({ "changes": changes }),
-            )?;
-            Ok(stored)
+                if_match.as_deref(),
+                &actor,
+                &[],
+                |current: Option<&CustomSubjects>| {
+                    apply(input, current.unwrap_or(&CustomSubjects::new()), replace)
+                },
+            )
         })
         .await?;
     state.settings_changed();
