@@ -36,6 +36,8 @@ struct Route {
     redact: Vec<String>,
     /// Authenticated sessions kept open between messages (at most `concurrency`).
     idle: Mutex<Vec<AsyncSmtpConnection>>,
+    mail: MailContext,
+    config: DeliveryConfig,
 }
 
 pub struct Dispatcher {
@@ -45,9 +47,11 @@ pub struct Dispatcher {
     config: DeliveryConfig,
     signals: Arc<Signals>,
     owner: String,
-    route: Option<Route>,
+    route: Option<Arc<Route>>,
     /// Why nothing can be sent, from the last housekeeping.
     blocked: Option<String>,
+    /// Outcomes of the last batch, written while the next batch is being sent.
+    unrecorded: Vec<Recorded>,
 }
 
 /// Exponential backoff with equal jitter: half the delay fixed, half random.
@@ -77,6 +81,7 @@ impl Dispatcher {
             owner: uuid::Uuid::new_v4().to_string(),
             route: None,
             blocked: None,
+            unrecorded: Vec::new(),
         }
     }
 
@@ -104,6 +109,9 @@ impl Dispatcher {
                     }
                 }
             } else {
+                if let Err(e) = self.flush().await {
+                    tracing::error!(error = ?e, "recording outcomes failed");
+                }
                 0
             };
             if sent > 0 {
@@ -115,6 +123,9 @@ impl Dispatcher {
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
                 _ = shutdown.changed() => {}
             }
+        }
+        if let Err(e) = self.flush().await {
+            tracing::error!(error = ?e, "recording the last outcomes failed; their leases will expire and they will be retried");
         }
         tracing::info!(owner = %self.owner, "dispatcher stopped");
     }
@@ -130,7 +141,7 @@ impl Dispatcher {
         match (&smtp, blocked.is_none()) {
             (Some(stored), true) if self.route.as_ref().is_none_or(|r| r.version != stored.version) => {
                 match self.build_route(stored).await {
-                    Ok(route) => self.route = Some(route),
+                    Ok(route) => self.route = Some(Arc::new(route)),
                     Err(reason) => {
                         self.route = None;
                         blocked = Some(reason);
@@ -183,11 +194,16 @@ impl Dispatcher {
             target,
             sender,
             idle: Mutex::new(Vec::new()),
+            mail: self.mail.clone(),
+            config: self.config.clone(),
         })
     }
 
+    /// Claims a batch and sends it. The outcomes of the previous batch are written while this
+    /// batch is on the wire, so the database round trip does not leave the SMTP sessions idle.
     async fn claim_and_send(&mut self, shutdown: &watch::Receiver<bool>) -> anyhow::Result<usize> {
-        let Some(route) = self.route.as_ref() else {
+        let Some(route) = self.route.clone() else {
+            self.flush().await?;
             return Ok(0);
         };
         let now = now_millis();
@@ -199,23 +215,54 @@ impl Dispatcher {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if claimed.is_empty() {
+            self.flush().await?;
             return Ok(0);
         }
         let count = claimed.len();
-        let results: Vec<Recorded> = stream::iter(claimed)
-            .map(|n| self.deliver(route, n, shutdown))
-            .buffer_unordered(self.config.concurrency)
-            .collect()
-            .await;
+        let concurrency = self.config.concurrency;
+        let shutdown = shutdown.clone();
+        // Each send is its own task, so sends run on every runtime thread.
+        let batch = tokio::spawn(async move {
+            stream::iter(claimed)
+                .map(|n| {
+                    let (route, shutdown) = (route.clone(), shutdown.clone());
+                    tokio::spawn(async move { route.deliver(n, &shutdown).await })
+                })
+                .buffer_unordered(concurrency)
+                .filter_map(|joined| async move {
+                    // A panicked send leaves its row claimed; the lease expiry requeues it.
+                    joined
+                        .map_err(|e| tracing::error!(error = %e, "a send task failed"))
+                        .ok()
+                })
+                .collect::<Vec<Recorded>>()
+                .await
+        });
+        let flushed = self.flush().await;
+        match batch.await {
+            Ok(results) => self.unrecorded = results,
+            Err(e) => tracing::error!(error = %e, "a send batch failed"),
+        }
+        flushed?;
+        Ok(count)
+    }
+
+    /// Writes the outcomes not yet recorded.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.unrecorded.is_empty() {
+            return Ok(());
+        }
+        let results = std::mem::take(&mut self.unrecorded);
         let owner = self.owner.clone();
         self.db
             .write(move |conn| Ok(store::record(conn, &owner, &results)?))
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(count)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
+}
 
-    async fn deliver(&self, route: &Route, n: Claimed, shutdown: &watch::Receiver<bool>) -> Recorded {
+impl Route {
+    async fn deliver(&self, n: Claimed, shutdown: &watch::Receiver<bool>) -> Recorded {
         let attempted_at = now_millis();
         let started = Instant::now();
         let outcome = if *shutdown.borrow() {
@@ -227,7 +274,7 @@ impl Dispatcher {
                 None => Outcome::Held {
                     reason: NO_ADMIN_EMAIL.into(),
                 },
-                Some(to) => self.send(route, &n, to).await,
+                Some(to) => self.send(&n, to).await,
             }
         };
         Recorded {
@@ -238,7 +285,7 @@ impl Dispatcher {
         }
     }
 
-    async fn send(&self, route: &Route, n: &Claimed, to: &str) -> Outcome {
+    async fn send(&self, n: &Claimed, to: &str) -> Outcome {
         let content = Content {
             notification_id: &n.id,
             to,
@@ -247,7 +294,7 @@ impl Dispatcher {
             text: &n.text_body,
             html: &n.html_body,
         };
-        let message = match message::build(&route.sender, &content) {
+        let message = match message::build(&self.sender, &content) {
             Ok(m) => m,
             Err(e) => {
                 return Outcome::Failed {
@@ -259,11 +306,11 @@ impl Dispatcher {
         };
         let envelope = message.envelope().clone();
         let bytes = message.formatted();
-        match self.transmit(route, &envelope, &bytes).await {
+        match self.transmit(&envelope, &bytes).await {
             Ok(response) => Outcome::Sent {
                 code: u16::from(response.code()),
-                reply: redact(&response.message().collect::<Vec<_>>().join(" "), &route.redact),
-                message_id: route.sender.message_id(&n.id),
+                reply: redact(&response.message().collect::<Vec<_>>().join(" "), &self.redact),
+                message_id: self.sender.message_id(&n.id),
             },
             Err(failure) => {
                 let (code, reply, permanent) = match &failure {
@@ -277,7 +324,7 @@ impl Dispatcher {
                         false,
                     ),
                 };
-                let reply = redact(&reply, &route.redact);
+                let reply = redact(&reply, &self.redact);
                 let attempts = n.attempt_count.max(1) as u32;
                 if permanent {
                     Outcome::Failed {
@@ -307,18 +354,16 @@ impl Dispatcher {
     /// has meanwhile closed fails before MAIL FROM is answered; then one fresh session is tried.
     async fn transmit(
         &self,
-        route: &Route,
         envelope: &lettre::address::Envelope,
         bytes: &[u8],
     ) -> Result<lettre::transport::smtp::response::Response, SendFailure> {
-        let limit = route.target.timeout * 2;
-        let pooled = route.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let limit = self.target.timeout * 2;
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let (mut conn, mut reused) = match pooled {
             Some(conn) => (conn, true),
             None => (
-                route
-                    .target
-                    .connect(&self.mail, &route.tls)
+                self.target
+                    .connect(&self.mail, &self.tls)
                     .await
                     .map_err(SendFailure::Connect)?,
                 false,
@@ -327,7 +372,7 @@ impl Dispatcher {
         loop {
             match tokio::time::timeout(limit, conn.send(envelope, bytes)).await {
                 Ok(Ok(response)) => {
-                    let mut idle = route.idle.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                     if !conn.has_broken() && idle.len() < self.config.concurrency {
                         idle.push(conn);
                     }
@@ -335,9 +380,9 @@ impl Dispatcher {
                 }
                 Ok(Err(e)) if reused && e.status().is_none() && !e.is_timeout() => {
                     reused = false;
-                    conn = route
+                    conn = self
                         .target
-                        .connect(&self.mail, &route.tls)
+                        .connect(&self.mail, &self.tls)
                         .await
                         .map_err(SendFailure::Connect)?;
                 }

@@ -111,6 +111,11 @@ fn environment() -> &'static Environment<'static> {
         for (name, source) in TEMPLATES {
             env.add_template(name, source).expect("built-in templates parse");
         }
+        // Default subjects, compiled once ("x.subject" is not .html: no escaping).
+        for event in crate::events::EVENTS {
+            env.add_template_owned(format!("{}.subject", event.name), event.default_subject)
+                .expect("default subjects parse");
+        }
         env
     })
 }
@@ -159,8 +164,13 @@ pub fn render(
 ) -> Result<Rendered, minijinja::Error> {
     let env = environment();
     let data = minijinja::Value::from(minijinja::value::Serde(data));
-    let subject_env = crate::settings::subjects::environment();
-    let subject = one_line(&subject_env.render_str(subject_template, &data)?);
+    let subject = if subject_template == event.default_subject {
+        env.get_template(&format!("{}.subject", event.name))?
+            .render(&data)?
+    } else {
+        crate::settings::subjects::environment().render_str(subject_template, &data)?
+    };
+    let subject = one_line(&subject);
     let subject = if subject.is_empty() {
         event.default_subject.to_string()
     } else {
