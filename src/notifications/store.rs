@@ -250,6 +250,17 @@ pub fn claim(
     }
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = notification_attempts)]
+struct NewAttempt<'a> {
+    notification_id: &'a str,
+    attempted_at: i64,
+    outcome: &'a str,
+    smtp_code: Option<i32>,
+    reply: &'a str,
+    duration_ms: i64,
+}
+
 /// The result of one delivery attempt (or of deciding not to attempt).
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -293,6 +304,7 @@ pub fn record(
     results: &[Recorded],
 ) -> Result<(), diesel::result::Error> {
     conn.transaction(|conn| {
+        let mut attempts = Vec::with_capacity(results.len());
         for r in results {
             let now = r.attempted_at + r.duration_ms;
             let mine = notifications::table.filter(
@@ -385,17 +397,26 @@ pub fn record(
                 }
             };
             if let Some(outcome) = attempt {
-                diesel::insert_into(notification_attempts::table)
-                    .values((
-                        notification_attempts::notification_id.eq(&r.id),
-                        notification_attempts::attempted_at.eq(r.attempted_at),
-                        notification_attempts::outcome.eq(outcome),
-                        notification_attempts::smtp_code.eq(code.map(i32::from)),
-                        notification_attempts::reply.eq(reply),
-                        notification_attempts::duration_ms.eq(r.duration_ms),
-                    ))
-                    .execute(conn)?;
+                attempts.push(NewAttempt {
+                    notification_id: &r.id,
+                    attempted_at: r.attempted_at,
+                    outcome,
+                    smtp_code: code.map(i32::from),
+                    reply,
+                    duration_ms: r.duration_ms,
+                });
             }
+        }
+        // One multi-row INSERT per backend instead of a round trip per attempt.
+        for chunk in attempts.chunks(1000) {
+            match conn {
+                DbConnection::Sqlite(c) => diesel::insert_into(notification_attempts::table)
+                    .values(chunk)
+                    .execute(c)?,
+                DbConnection::Postgres(c) => diesel::insert_into(notification_attempts::table)
+                    .values(chunk)
+                    .execute(c)?,
+            };
         }
         Ok(())
     })
