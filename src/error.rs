@@ -74,6 +74,23 @@ impl ApiError {
         }])
     }
 
+    /// The problem document for this error (also used for the items of a batch answer).
+    pub fn problem(&self) -> Problem {
+        let status = self.status_code();
+        let code = self.code();
+        Problem {
+            problem_type: format!("urn:mailroom:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: Some(self.to_string()),
+            code: code.to_string(),
+            errors: match self {
+                Self::Validation(errors) => Some(errors.clone()),
+                _ => None,
+            },
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::Validation(_) => "validation_failed",
@@ -117,18 +134,7 @@ impl ResponseError for ApiError {
             // The cause chain goes to the log only; clients get a bare code.
             tracing::error!(error = ?e, "request failed");
         }
-        let code = self.code();
-        let problem = Problem {
-            problem_type: format!("urn:mailroom:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("Error").to_string(),
-            status: status.as_u16(),
-            detail: Some(self.to_string()),
-            code: code.to_string(),
-            errors: match self {
-                Self::Validation(errors) => Some(errors.clone()),
-                _ => None,
-            },
-        };
+        let problem = self.problem();
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         match self {

@@ -6,10 +6,10 @@ use lettre::{Address, Message};
 
 use crate::settings::smtp::SmtpSettings;
 
-/// Header text on one line: control characters (CR, LF, tabs) become spaces. Input is validated
-/// before it is stored; this is the second line of defence (lettre panics on a line break in a
-/// display name).
-fn one_line(s: &str) -> String {
+/// Header text on one line: runs of control characters (CR, LF, tabs) become one space. Used for
+/// rendered subjects, and again when building a message as the second line of defence (lettre
+/// panics on a line break in a display name).
+pub fn one_line(s: &str) -> String {
     s.split(char::is_control)
         .map(str::trim)
         .filter(|p| !p.is_empty())

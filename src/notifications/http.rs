@@ -107,21 +107,6 @@ pub struct BatchResponse {
     pub results: Vec<BatchItemResult>,
 }
 
-fn item_problem(err: &ApiError) -> Problem {
-    let status = actix_web::ResponseError::status_code(err);
-    Problem {
-        problem_type: format!("urn:mailroom:problem:{}", err.code()),
-        title: status.canonical_reason().unwrap_or("Error").to_string(),
-        status: status.as_u16(),
-        detail: Some(err.to_string()),
-        code: err.code().to_string(),
-        errors: match err {
-            ApiError::Validation(e) => Some(e.clone()),
-            _ => None,
-        },
-    }
-}
-
 /// Accept up to 1000 notifications in one request; each item is validated and answered on its
 /// own, and the accepted ones are stored in one transaction.
 #[utoipa::path(
@@ -196,7 +181,7 @@ pub async fn post_batch(
                 index,
                 status: 422,
                 notification: None,
-                error: Some(item_problem(&ApiError::Validation(field_errors))),
+                error: Some(ApiError::Validation(field_errors).problem()),
             })),
         }
     }
@@ -224,7 +209,7 @@ pub async fn post_batch(
                 index,
                 status: actix_web::ResponseError::status_code(&e).as_u16(),
                 notification: None,
-                error: Some(item_problem(&e)),
+                error: Some(e.problem()),
             },
         });
     }

@@ -128,15 +128,6 @@ pub struct Rendered {
     pub html: String,
 }
 
-/// Header text on one line: every run of line breaks and tabs becomes one space.
-fn one_line(s: &str) -> String {
-    s.split(['\r', '\n', '\t'])
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// At most one blank line in a row, no trailing space.
 fn tidy_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -170,7 +161,7 @@ pub fn render(
     } else {
         crate::settings::subjects::environment().render_str(subject_template, &data)?
     };
-    let subject = one_line(&subject);
+    let subject = crate::mail::message::one_line(&subject);
     let subject = if subject.is_empty() {
         event.default_subject.to_string()
     } else {
