@@ -52,8 +52,13 @@ fn main() -> anyhow::Result<()> {
     let db = Db::connect(&url, 2)?;
     let mut conn = db.write_conn().map_err(|e| anyhow::anyhow!("{e}"))?;
     if backend == "postgres" {
-        diesel::sql_query("TRUNCATE notifications CASCADE").execute(&mut *conn)?;
+        diesel::sql_query("TRUNCATE notifications, settings CASCADE").execute(&mut *conn)?;
     }
+    // Claims only happen under the current SMTP settings version.
+    diesel::sql_query(
+        "INSERT INTO settings (key, value, version, updated_at, updated_by) VALUES ('smtp', '{}', 1, 0, 'bench')",
+    )
+    .execute(&mut *conn)?;
     let now = now_millis();
     let mut queued = 0u64;
     for depth in [1_000u64, 100_000, 1_000_000] {
@@ -75,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..SAMPLES {
             let t = Instant::now();
             let claimed = conn.transaction::<_, diesel::result::Error, _>(|conn| {
-                store::claim(conn, "bench", now_millis(), now_millis() + 60_000, BATCH)
+                store::claim(conn, "bench", now_millis(), now_millis() + 60_000, BATCH, 1)
             })?;
             samples.push(t.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(claimed.len() as i64, BATCH);

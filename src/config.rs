@@ -94,6 +94,9 @@ pub struct DeliveryConfig {
     pub lease: Duration,
     pub poll_interval: Duration,
     pub batch_size: i64,
+    /// How long a stopping instance waits for sends in flight before dropping them (their claims
+    /// are released, so another attempt sends them later).
+    pub shutdown_grace: Duration,
 }
 
 /// Every variable we read; a TOML key is the variable name without the prefix, in lower case.
@@ -121,6 +124,7 @@ const KNOWN_VARS: &[&str] = &[
     "MAILROOM_DELIVERY_LEASE_SECONDS",
     "MAILROOM_DELIVERY_POLL_MILLISECONDS",
     "MAILROOM_DELIVERY_BATCH_SIZE",
+    "MAILROOM_SHUTDOWN_GRACE_SECONDS",
 ];
 
 impl Config {
@@ -243,13 +247,7 @@ impl Config {
                 1,
                 7 * 86_400,
             )?),
-            lease: Duration::from_secs(parse_num(
-                vars,
-                "MAILROOM_DELIVERY_LEASE_SECONDS",
-                300,
-                1,
-                86_400,
-            )?),
+            lease: Duration::from_secs(parse_num(vars, "MAILROOM_DELIVERY_LEASE_SECONDS", 6, 1, 86_400)?),
             poll_interval: Duration::from_millis(parse_num(
                 vars,
                 "MAILROOM_DELIVERY_POLL_MILLISECONDS",
@@ -258,6 +256,13 @@ impl Config {
                 600_000,
             )?),
             batch_size: parse_num(vars, "MAILROOM_DELIVERY_BATCH_SIZE", 100, 1, 10_000)? as i64,
+            shutdown_grace: Duration::from_secs(parse_num(
+                vars,
+                "MAILROOM_SHUTDOWN_GRACE_SECONDS",
+                10,
+                0,
+                3600,
+            )?),
         };
 
         Ok(Self {

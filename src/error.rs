@@ -61,6 +61,9 @@ pub enum ApiError {
     TooManyRequests { retry_after: u64 },
     #[error("the service is not ready: {0}")]
     Unavailable(String),
+    /// The database could not grow (disk or quota full); nothing was stored.
+    #[error("the notification could not be stored: the database's disk is full ({0})")]
+    InsufficientStorage(String),
     #[error("an internal error occurred")]
     Internal(#[from] anyhow::Error),
 }
@@ -72,6 +75,15 @@ impl ApiError {
             code: code.to_string(),
             message: message.into(),
         }])
+    }
+
+    /// The error with its whole cause chain, for the log (never for clients: causes may quote
+    /// internals).
+    pub fn chain(&self) -> String {
+        match self {
+            Self::Internal(e) => format!("{e:#}"),
+            other => other.to_string(),
+        }
     }
 
     /// The problem document for this error (also used for the items of a batch answer).
@@ -104,6 +116,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TooManyRequests { .. } => "rate_limited",
             Self::Unavailable(_) => "unavailable",
+            Self::InsufficientStorage(_) => "insufficient_storage",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -124,6 +137,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,7 +146,7 @@ impl ResponseError for ApiError {
         let status = self.status_code();
         if let Self::Internal(e) = self {
             // The cause chain goes to the log only; clients get a bare code.
-            tracing::error!(error = ?e, "request failed");
+            tracing::error!(error = format!("{e:#}"), "request failed");
         }
         let problem = self.problem();
         let mut response = HttpResponse::build(status);

@@ -34,12 +34,18 @@ pub async fn healthz() -> web::Json<Health> {
     tag = "ops",
     responses(
         (status = 200, description = "Ready", body = Readiness),
-        (status = 503, description = "The database is unreachable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable, or its disk is full", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Readiness>, ApiError> {
     let database = state.db.backend();
+    if let Some(full) = state.db.storage_failure() {
+        return Err(ApiError::Unavailable(format!(
+            "database writes fail: the disk is full ({})",
+            full.cause
+        )));
+    }
     state
         .db
         .read(|conn| {

@@ -148,32 +148,10 @@ fn worker(config: Config) -> anyhow::Result<()> {
         let state = mailroom::startup::AppState::build(config).await?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let dispatcher = tokio::spawn(state.dispatcher().run(stopped));
-        shutdown_signal().await;
+        startup::shutdown_signal().await;
         tracing::info!("stopping: finishing messages in flight");
         let _ = stop.send(true);
         dispatcher.await?;
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -24,6 +24,7 @@ pub fn api(cfg: &mut ServiceConfig) {
         .service(settings::audit::list_audit)
         // `stats` before `{id}`: actix matches in registration order.
         .service(notifications::http::stats)
+        .service(notifications::http::flush_queue)
         .service(notifications::http::post_notification)
         .service(notifications::http::post_batch)
         .service(notifications::http::list_notifications)

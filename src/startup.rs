@@ -126,17 +126,29 @@ impl Application {
         self.port
     }
 
-    /// Serves HTTP and, when delivery is enabled, runs the dispatcher beside it. When the server
-    /// stops (SIGINT/SIGTERM), the dispatcher stops claiming and finishes what it is sending.
+    /// Serves HTTP and, when delivery is enabled, runs the dispatcher beside it. On SIGINT or
+    /// SIGTERM (or when the server is stopped through its handle) both stop together: HTTP finishes
+    /// the requests in progress and the dispatcher the sends in flight, each within the shutdown
+    /// grace, so the process exits within about that time whatever the SMTP servers do.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
+        let stop = Arc::new(stop);
         let dispatcher = self
             .state
             .config
             .delivery
             .enabled
             .then(|| tokio::spawn(self.state.dispatcher().run(stopped)));
+        let handle = self.server.handle();
+        let on_signal = stop.clone();
+        let signals = tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: finishing requests and deliveries in flight");
+            let _ = on_signal.send(true);
+            handle.stop(true).await;
+        });
         let result = self.server.await;
+        signals.abort();
         let _ = stop.send(true);
         if let Some(handle) = dispatcher {
             let _ = handle.await;
@@ -183,6 +195,17 @@ fn problem_safety_net<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHand
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();
+    if status.as_u16() == 400 {
+        // Our handlers answer problem+json; a bare 400 with an Origin is actix-cors refusing it.
+        if let Some(origin) = res.request().headers().get(header::ORIGIN) {
+            tracing::warn!(
+                origin = %String::from_utf8_lossy(origin.as_bytes()),
+                method = %res.request().method(),
+                path = %res.request().path(),
+                "CORS request rejected: the origin is not in MAILROOM_CORS_ORIGINS (or asked for a method or header not allowed)"
+            );
+        }
+    }
     let error = match status.as_u16() {
         400 => ApiError::BadRequest {
             code: "bad_request",
@@ -219,6 +242,7 @@ fn run(
     let route_table = web::Data::new(RouteTable::from_openapi(&spec));
     let cors_enabled = state.config.cors_origins != CorsOrigins::List(Vec::new());
     let origins = state.config.cors_origins.clone();
+    let grace_secs = state.config.delivery.shutdown_grace.as_secs();
     let server = HttpServer::new(move || {
         App::new()
             .wrap(Condition::new(cors_enabled, cors(&origins)))
@@ -239,7 +263,32 @@ fn run(
             .default_service(web::to(routes::fallback))
     })
     .listen(listener)?
-    .shutdown_timeout(30)
+    // Signals are handled in `run_until_stopped`, so that HTTP and delivery stop together.
+    .disable_signals()
+    .shutdown_timeout(grace_secs)
     .run();
     Ok(server)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

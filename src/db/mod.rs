@@ -2,6 +2,7 @@
 
 pub mod schema;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -91,6 +92,15 @@ pub struct Db {
     read: Pool,
     write: Pool,
     backend: &'static str,
+    /// The last failed write because storage was full, until a write succeeds again.
+    storage: Arc<Mutex<Option<StorageFailure>>>,
+}
+
+/// When and why the database last refused a write for lack of space.
+#[derive(Debug, Clone)]
+pub struct StorageFailure {
+    pub at: i64,
+    pub cause: String,
 }
 
 impl Db {
@@ -102,11 +112,17 @@ impl Db {
             .with_context(|| format!("cannot open the {} database", url.backend_name()))?;
         run_migrations(&mut first)?;
         drop(first);
+        // A PostgreSQL server that is down should cost a request about a second, not the pool's
+        // usual wait; SQLite connections are local files and only ever wait for each other.
+        let wait = match url {
+            DatabaseUrl::Sqlite(_) => Duration::from_secs(10),
+            DatabaseUrl::Postgres(_) => Duration::from_secs(1),
+        };
         let build = |size: u32| {
             r2d2::Pool::builder()
                 .max_size(size)
                 .min_idle(Some(1))
-                .connection_timeout(Duration::from_secs(10))
+                .connection_timeout(wait)
                 .build(manager.clone())
                 .context("cannot build the database pool")
         };
@@ -121,11 +137,40 @@ impl Db {
             read,
             write,
             backend: url.backend_name(),
+            storage: Arc::default(),
         })
     }
 
     pub fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    /// Set while writes fail for lack of space (readiness fails and stats report it).
+    pub fn storage_failure(&self) -> Option<StorageFailure> {
+        self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records how a write ended, so that a full disk shows in readiness and stats until a write
+    /// succeeds again.
+    pub fn note_write<T>(&self, result: &Result<T, ApiError>) {
+        let mut storage = self.storage.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => {
+                if storage.take().is_some() {
+                    tracing::info!("database writes succeed again");
+                }
+            }
+            Err(ApiError::InsufficientStorage(cause)) => {
+                if storage.is_none() {
+                    tracing::error!(%cause, "database writes fail: the disk is full");
+                }
+                *storage = Some(StorageFailure {
+                    at: now_millis(),
+                    cause: cause.clone(),
+                });
+            }
+            Err(_) => {}
+        }
     }
 
     pub fn read_conn(&self) -> Result<PooledConnection, ApiError> {
@@ -159,9 +204,44 @@ impl Db {
         let db = self.clone();
         crate::error::blocking(move || {
             let mut conn = db.write_conn()?;
-            conn.transaction(|conn| f(conn))
+            let result = write_transaction(&mut conn, f);
+            db.note_write(&result);
+            result
         })
         .await
+    }
+}
+
+/// Runs `f` in a write transaction. On SQLite it begins with `BEGIN IMMEDIATE`: a deferred
+/// transaction that reads first and writes later fails with `SQLITE_BUSY` at once (the busy
+/// timeout does not apply) when another process sharing the file wrote in between.
+pub fn write_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let DbConnection::Sqlite(inner) = conn else {
+        return conn.transaction(f);
+    };
+    AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
+    // Nested `transaction` calls inside `f` see the open transaction and use savepoints.
+    let result = f(conn);
+    let DbConnection::Sqlite(inner) = conn else {
+        unreachable!("the connection cannot change backend");
+    };
+    match result {
+        Ok(value) => match AnsiTransactionManager::commit_transaction(inner) {
+            Ok(()) => Ok(value),
+            Err(e) => {
+                let _ = AnsiTransactionManager::rollback_transaction(inner);
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            AnsiTransactionManager::rollback_transaction(inner)?;
+            Err(e)
+        }
     }
 }
 
@@ -184,8 +264,26 @@ pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<()> {
 
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
-        ApiError::Internal(anyhow::Error::new(e).context("database query failed"))
+        match storage_full(&e) {
+            Some(cause) => ApiError::InsufficientStorage(cause),
+            None => ApiError::Internal(anyhow::Error::new(e).context("database query failed")),
+        }
     }
+}
+
+/// Whether the database refused to grow: SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full`
+/// (53100) and out-of-space I/O errors. diesel exposes only the message for these.
+fn storage_full(e: &diesel::result::Error) -> Option<String> {
+    let diesel::result::Error::DatabaseError(_, info) = e else {
+        return None;
+    };
+    let message = info.message();
+    let lower = message.to_ascii_lowercase();
+    (lower.contains("database or disk is full")
+        || lower.contains("no space left on device")
+        || lower.contains("disk full")
+        || lower.contains("could not extend file"))
+    .then(|| message.to_string())
 }
 
 /// Milliseconds since the Unix epoch: the one time representation stored in every table.

@@ -106,7 +106,19 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    text
+    collapse_repeats(&text)
+}
+
+/// lettre's errors repeat their kind at each level ("Connection error: Connection error: ...");
+/// a reader needs it once.
+fn collapse_repeats(text: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 impl Run<'_> {
@@ -784,5 +796,19 @@ async fn read_greeting(tcp: &mut TcpStream, t: &SmtpTarget, limit: Duration) -> 
             format!("the greeting did not complete within {secs} s"),
             None,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_repeated_at_each_level_of_an_error_is_said_once() {
+        assert_eq!(
+            collapse_repeats("Connection error: Connection error: received fatal alert: HandshakeFailure"),
+            "Connection error: received fatal alert: HandshakeFailure"
+        );
+        assert_eq!(collapse_repeats("a: b: a"), "a: b: a");
     }
 }

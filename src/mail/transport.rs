@@ -15,7 +15,7 @@ use anyhow::Context;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::authentication::Mechanism;
 use lettre::transport::smtp::client::{
-    AsyncNetworkStream, AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+    AsyncNetworkStream, AsyncSmtpConnection, AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
 };
 use lettre::transport::smtp::extension::ClientId;
 use secrecy::{ExposeSecret, SecretString};
@@ -32,6 +32,9 @@ use crate::settings::smtp::{Security, SmtpSettings, PASSWORD_PURPOSE};
 pub struct MailContext {
     /// PEM blocks of extra trusted roots (`MAILROOM_SMTP_CA_FILE`).
     extra_roots: Vec<Vec<u8>>,
+    /// The system's trusted roots (DER), read once at start: reading the certificate store costs
+    /// file I/O that must not run on async threads for every SMTP test or settings version.
+    system_roots: std::sync::Arc<Vec<Vec<u8>>>,
     helo_name: Option<String>,
     /// `MAILROOM_SMTP_ALLOWED_HOSTS`: when set, the only hosts mail may connect to.
     allowed_hosts: Option<Vec<String>>,
@@ -58,8 +61,24 @@ impl MailContext {
             }
             None => Vec::new(),
         };
+        let native = rustls_native_certs::load_native_certs();
+        if !native.errors.is_empty() {
+            tracing::warn!(
+                errors = native.errors.len(),
+                "some system root certificates could not be read"
+            );
+        }
+        // Keep only what rustls accepts as a trust anchor: one unparsable system certificate
+        // must not make every TLS connection fail.
+        let system_roots = native
+            .certs
+            .into_iter()
+            .filter(|c| rustls::RootCertStore::empty().add(c.clone()).is_ok())
+            .map(|c| c.to_vec())
+            .collect();
         Ok(Self {
             extra_roots,
+            system_roots: std::sync::Arc::new(system_roots),
             helo_name: config.smtp_helo_name.clone(),
             allowed_hosts: config.smtp_allowed_hosts.clone(),
         })
@@ -309,7 +328,10 @@ impl SmtpTarget {
 
     /// TLS parameters for this host: system roots plus `MAILROOM_SMTP_CA_FILE`, verification as set.
     pub fn tls_parameters(&self, ctx: &MailContext) -> Result<TlsParameters, lettre::transport::smtp::Error> {
-        let mut builder = TlsParameters::builder(self.host.clone());
+        let mut builder = TlsParameters::builder(self.host.clone()).certificate_store(CertificateStore::None);
+        for der in ctx.system_roots.iter() {
+            builder = builder.add_root_certificate(Certificate::from_der(der.clone())?);
+        }
         for pem in &ctx.extra_roots {
             builder = builder.add_root_certificate(Certificate::from_pem(pem)?);
         }

@@ -352,7 +352,7 @@ pub struct NotificationPage {
     security(("bearer" = ["notifications:read"])),
     params(ListQuery),
     responses(
-        (status = 200, description = "A page of notifications (without attempt history)", body = NotificationPage),
+        (status = 200, description = "A page of notifications, each with its attempts", body = NotificationPage),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `notifications:read`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A bad filter", body = Problem, content_type = "application/problem+json"),
@@ -413,10 +413,16 @@ pub async fn list_notifications(
         })
         .await?;
     let more = rows.len() as i64 > limit;
+    let mut rows = rows;
+    rows.truncate(limit as usize);
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let mut attempts = state.db.read(move |conn| store::attempts_of(conn, &ids)).await?;
     let notifications: Vec<NotificationView> = rows
         .into_iter()
-        .take(limit as usize)
-        .map(|r| view(r, Vec::new()))
+        .map(|r| {
+            let a = attempts.remove(&r.id).unwrap_or_default();
+            view(r, a)
+        })
         .collect();
     let next_cursor = if more {
         notifications.last().map(|n| n.id.clone())
@@ -429,17 +435,18 @@ pub async fn list_notifications(
     }))
 }
 
-/// Queue a `failed` or `expired` notification again, with a new lifetime.
+/// Send a notification now: a `failed` or `expired` one is queued again with a new lifetime and
+/// a fresh attempt count; a `queued` one (waiting for its next retry) becomes due at once.
 #[utoipa::path(
     tag = "notifications",
     security(("bearer" = ["notifications:send"])),
     params(("id" = String, Path)),
     responses(
-        (status = 202, description = "Queued again (or held, if settings are missing)", body = Accepted),
+        (status = 202, description = "Queued and due now (or held, if settings are missing)", body = Accepted),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `notifications:send`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such notification", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Only failed or expired notifications can be retried (`not_retryable`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Only queued, failed or expired notifications can be retried (`not_retryable`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[post("/notifications/{id}/retry")]
@@ -456,11 +463,34 @@ pub async fn retry_notification(
             let row =
                 store::find(conn, &id)?.ok_or_else(|| ApiError::NotFound(format!("no notification {id}")))?;
             let status = Status::parse(&row.status);
+            if status == Some(Status::Queued) {
+                // Waiting for its next attempt: make it due now, keeping its lifetime and attempts.
+                diesel::update(
+                    notifications::table
+                        .find(&id)
+                        .filter(notifications::status.eq(Status::Queued.as_str())),
+                )
+                .set((
+                    notifications::next_attempt_at.eq(now),
+                    notifications::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+                return Ok(Accepted {
+                    id: row.id,
+                    status: Status::Queued,
+                    status_reason: row.status_reason,
+                    event: row.event,
+                    to: row.recipient,
+                    subject: row.subject,
+                    created_at: millis_to_datetime(row.created_at),
+                    expires_at: millis_to_datetime(row.expires_at),
+                });
+            }
             if !matches!(status, Some(Status::Failed | Status::Expired)) {
                 return Err(ApiError::Conflict {
                     code: "not_retryable",
                     detail: format!(
-                        "the notification is {}; only failed or expired ones can be retried",
+                        "the notification is {}; only queued, failed or expired ones can be retried",
                         row.status
                     ),
                 });
@@ -494,10 +524,44 @@ pub async fn retry_notification(
     Ok(accepted_response(&accepted))
 }
 
+/// The answer to a flush.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Flushed {
+    /// How many queued notifications were waiting for a later retry and are now due.
+    pub flushed: usize,
+}
+
+/// Make every deferred notification due now (like `postqueue -f`), for example once a problem
+/// at the SMTP server is fixed. Attempts already made still count.
+#[utoipa::path(
+    tag = "notifications",
+    security(("bearer" = ["notifications:send"])),
+    responses(
+        (status = 200, description = "The deferred notifications are due now", body = Flushed),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `notifications:send`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/notifications/flush")]
+pub async fn flush_queue(
+    auth: Authorized<NotificationsSend>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<Flushed>, ApiError> {
+    let now = now_millis();
+    let flushed = state
+        .db
+        .write(move |conn| Ok(store::make_queued_due(conn, now, false)?))
+        .await?;
+    tracing::info!(actor = %auth.sub(), flushed, "queue flushed");
+    state.wake_dispatcher();
+    Ok(web::Json(Flushed { flushed }))
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LastEvent {
     pub at: DateTime<Utc>,
-    pub notification_id: String,
+    /// The notification concerned; null for a failure of the service itself (a full disk).
+    pub notification_id: Option<String>,
     pub reply: Option<String>,
 }
 
@@ -509,7 +573,8 @@ pub struct Stats {
     /// Age of the oldest queued notification, in seconds (null when none is queued).
     pub oldest_queued_age_seconds: Option<i64>,
     pub last_success: Option<LastEvent>,
-    /// The last attempt that did not deliver (deferred or failed).
+    /// The last attempt that did not deliver (deferred or failed), or, when newer, the last
+    /// write the database refused for lack of space.
     pub last_error: Option<LastEvent>,
 }
 
@@ -529,6 +594,7 @@ pub async fn stats(
     state: web::Data<AppState>,
 ) -> Result<web::Json<Stats>, ApiError> {
     let now = now_millis();
+    let storage = state.db.storage_failure();
     let stats = state
         .db
         .read(move |conn| {
@@ -566,7 +632,7 @@ pub async fn stats(
             let last = |r: Option<(i64, String, String)>| {
                 r.map(|(at, notification_id, reply)| LastEvent {
                     at: millis_to_datetime(at),
-                    notification_id,
+                    notification_id: Some(notification_id),
                     reply: Some(reply),
                 })
             };
@@ -574,7 +640,15 @@ pub async fn stats(
                 counts,
                 oldest_queued_age_seconds: oldest.map(|o| (now - o).max(0) / 1000),
                 last_success: last(last_success),
-                last_error: last(last_error),
+                last_error: match (last(last_error), storage) {
+                    (Some(e), Some(full)) if e.at.timestamp_millis() >= full.at => Some(e),
+                    (_, Some(full)) => Some(LastEvent {
+                        at: millis_to_datetime(full.at),
+                        notification_id: None,
+                        reply: Some(format!("database writes fail: the disk is full ({})", full.cause)),
+                    }),
+                    (e, None) => e,
+                },
             })
         })
         .await?;

@@ -79,11 +79,13 @@ fn committer(db: Db, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                tracing::error!(error = ?e, "committing accepted notifications failed");
+                tracing::error!(error = e.chain(), "committing accepted notifications failed");
                 for reply in replies {
-                    let _ = reply.send(Err(ApiError::Unavailable(format!(
-                        "the notification could not be stored: {e}"
-                    ))));
+                    let answer = match &e {
+                        ApiError::InsufficientStorage(cause) => ApiError::InsufficientStorage(cause.clone()),
+                        _ => ApiError::Unavailable(format!("the notification could not be stored: {e}")),
+                    };
+                    let _ = reply.send(Err(answer));
                 }
             }
         }
@@ -97,7 +99,7 @@ fn commit(
     inputs: Vec<(Validated, String, i64)>,
 ) -> Result<Vec<Result<Acceptance, ApiError>>, ApiError> {
     let mut conn = db.write_conn()?;
-    diesel::Connection::transaction(&mut *conn, |conn| {
+    let result = crate::db::write_transaction(&mut conn, |conn| {
         let ctx = AcceptContext::load(conn)?;
         let mut results = Vec::with_capacity(inputs.len());
         let mut rows = Vec::with_capacity(inputs.len());
@@ -112,12 +114,17 @@ fn commit(
                     Acceptance::New(accepted)
                 })
             };
-            if let Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) = result {
+            if let Err(
+                e @ (ApiError::Internal(_) | ApiError::Unavailable(_) | ApiError::InsufficientStorage(_)),
+            ) = result
+            {
                 return Err(e);
             }
             results.push(result);
         }
         store::insert_many(conn, &rows)?;
         Ok(results)
-    })
+    });
+    db.note_write(&result);
+    result
 }

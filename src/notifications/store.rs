@@ -142,6 +142,35 @@ pub fn attempts(conn: &mut DbConnection, id: &str) -> Result<Vec<AttemptRow>, Ap
         .load(conn)?)
 }
 
+/// The attempts of several notifications, by notification id, each in order.
+pub fn attempts_of(
+    conn: &mut DbConnection,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<AttemptRow>>, ApiError> {
+    let mut by_id: std::collections::HashMap<String, Vec<AttemptRow>> = Default::default();
+    if ids.is_empty() {
+        return Ok(by_id);
+    }
+    let rows: Vec<(String, AttemptRow)> = notification_attempts::table
+        .filter(notification_attempts::notification_id.eq_any(ids))
+        .order(notification_attempts::id.asc())
+        .select((
+            notification_attempts::notification_id,
+            (
+                notification_attempts::attempted_at,
+                notification_attempts::outcome,
+                notification_attempts::smtp_code,
+                notification_attempts::reply,
+                notification_attempts::duration_ms,
+            ),
+        ))
+        .load(conn)?;
+    for (id, row) in rows {
+        by_id.entry(id).or_default().push(row);
+    }
+    Ok(by_id)
+}
+
 /// The stored answer to an earlier request with this idempotency key.
 pub struct IdempotencyRecord {
     pub request_hash: String,
@@ -195,6 +224,8 @@ pub fn insert_idempotency(
 pub struct Claimed {
     #[diesel(sql_type = Text)]
     pub id: String,
+    #[diesel(sql_type = Text)]
+    pub event: String,
     #[diesel(sql_type = Nullable<Text>)]
     pub recipient: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -216,16 +247,20 @@ const CLAIM_SQL: &str = "UPDATE notifications \
          attempt_count = attempt_count + 1 \
      WHERE id IN (SELECT id FROM notifications \
                   WHERE status = 'queued' AND next_attempt_at <= $3 \
+                    AND EXISTS (SELECT 1 FROM settings WHERE key = 'smtp' AND version = $5) \
                   ORDER BY next_attempt_at LIMIT $4 {LOCK}) \
-     RETURNING id, recipient, to_name, subject, text_body, html_body, expires_at, attempt_count";
+     RETURNING id, event, recipient, to_name, subject, text_body, html_body, expires_at, attempt_count";
 
-/// Claims up to `limit` due notifications for `owner` until `lease_until`.
+/// Claims up to `limit` due notifications for `owner` until `lease_until`, but only while the SMTP
+/// settings are still at `settings_version` (the version the caller will send with): mail made
+/// due by a settings change is never tried once more with the settings it was waiting to escape.
 pub fn claim(
     conn: &mut DbConnection,
     owner: &str,
     now: i64,
     lease_until: i64,
     limit: i64,
+    settings_version: i64,
 ) -> Result<Vec<Claimed>, diesel::result::Error> {
     match conn {
         DbConnection::Postgres(c) => {
@@ -235,6 +270,7 @@ pub fn claim(
                 .bind::<BigInt, _>(lease_until)
                 .bind::<BigInt, _>(now)
                 .bind::<BigInt, _>(limit)
+                .bind::<BigInt, _>(settings_version)
                 .load(c)
         }
         // One writer at a time: the UPDATE is atomic without row locks.
@@ -245,8 +281,54 @@ pub fn claim(
                 .bind::<BigInt, _>(lease_until)
                 .bind::<BigInt, _>(now)
                 .bind::<BigInt, _>(limit)
+                .bind::<BigInt, _>(settings_version)
                 .load(c)
         }
+    }
+}
+
+/// Extends the lease on everything `owner` is still sending, so that a slow server never makes a
+/// live owner's claim look abandoned. Returns how many rows were renewed.
+pub fn renew(
+    conn: &mut DbConnection,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<usize, diesel::result::Error> {
+    use crate::db::schema::notifications::dsl;
+    diesel::update(
+        dsl::notifications.filter(
+            dsl::status
+                .eq(Status::Sending.as_str())
+                .and(dsl::lease_owner.eq(owner)),
+        ),
+    )
+    .set((dsl::lease_until.eq(lease_until), dsl::updated_at.eq(now)))
+    .execute(conn)
+}
+
+/// Makes every queued notification due now, like `postqueue -f`. With `reset_attempts`, the
+/// failures so far stop counting towards the attempt limit (they were caused by settings that
+/// have just been replaced). Returns how many rows were touched.
+pub fn make_queued_due(
+    conn: &mut DbConnection,
+    now: i64,
+    reset_attempts: bool,
+) -> Result<usize, diesel::result::Error> {
+    use crate::db::schema::notifications::dsl;
+    let queued = dsl::notifications.filter(dsl::status.eq(Status::Queued.as_str()));
+    if reset_attempts {
+        diesel::update(queued.filter(dsl::attempt_count.gt(0).or(dsl::next_attempt_at.gt(now))))
+            .set((
+                dsl::next_attempt_at.eq(now),
+                dsl::attempt_count.eq(0),
+                dsl::updated_at.eq(now),
+            ))
+            .execute(conn)
+    } else {
+        diesel::update(queued.filter(dsl::next_attempt_at.gt(now)))
+            .set((dsl::next_attempt_at.eq(now), dsl::updated_at.eq(now)))
+            .execute(conn)
     }
 }
 
@@ -289,6 +371,7 @@ pub enum Outcome {
     Released,
 }
 
+#[derive(Debug, Clone)]
 pub struct Recorded {
     pub id: String,
     pub outcome: Outcome,

@@ -78,9 +78,17 @@ pub struct SmtpSettings {
 }
 
 impl SmtpSettings {
-    /// Whether a stored password may be used with `other`: only for the same server and account.
-    pub fn same_account(&self, host: &str, port: u16, username: Option<&str>) -> bool {
-        self.host.eq_ignore_ascii_case(host) && self.port == port && self.username.as_deref() == username
+    /// Whether the stored password may be used with `draft`: only for the same server, account and
+    /// transport protection. A change of `security` or `tls_verify` alone would otherwise send the
+    /// password in clear text or to an unverified peer.
+    pub fn same_account(&self, draft: &SmtpSettings) -> bool {
+        self.host
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(draft.host.trim_end_matches('.'))
+            && self.port == draft.port
+            && self.username == draft.username
+            && self.security == draft.security
+            && self.tls_verify == draft.tls_verify
     }
 }
 
@@ -103,8 +111,8 @@ pub struct SmtpSettingsInput {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "mailer@example.com")]
     pub username: Field<String>,
-    /// Write-only. Absent or empty: keep the stored password, but only if host, port and username
-    /// are unchanged. `null`: remove the stored password.
+    /// Write-only. Absent or empty: keep the stored password, but only if host, port, username,
+    /// security and tls_verify are unchanged. `null`: remove the stored password.
     #[serde(default)]
     #[schema(value_type = Option<String>, write_only)]
     pub password: Field<String>,
@@ -315,7 +323,7 @@ impl SmtpDraft {
             PasswordChange::Set(p) => PasswordSource::New(p),
             PasswordChange::Remove => PasswordSource::None,
             PasswordChange::Keep => match saved {
-                Some(s) if s.same_account(&self.host, self.port, self.username.as_deref()) => s
+                Some(s) if s.same_account(&self.to_settings()) => s
                     .password
                     .as_deref()
                     .map_or(PasswordSource::None, PasswordSource::Saved),
@@ -455,8 +463,9 @@ pub async fn get_smtp(
 
 /// Replace the SMTP settings.
 ///
-/// Without `password`, the stored password is kept only if `host`, `port` and `username` are
-/// unchanged; otherwise it is dropped, so a changed host never receives the old credentials.
+/// Without `password`, the stored password is kept only if `host`, `port`, `username`, `security`
+/// and `tls_verify` are unchanged; otherwise it is dropped, so neither a changed host nor a weaker
+/// transport ever receives the old credentials.
 #[utoipa::path(
     tag = "settings",
     security(("bearer" = ["settings:write"])),
@@ -490,12 +499,17 @@ pub async fn put_smtp(
     let stored = state
         .db
         .write(move |conn| {
-            store::update(conn, KEY, if_match.as_deref(), &actor, &["password"], |saved| {
+            let stored = store::update(conn, KEY, if_match.as_deref(), &actor, &["password"], |saved| {
                 draft.into_settings(saved, &app.cipher)
-            })
+            })?;
+            // Mail deferred under the old settings is due at once under the new ones, and the
+            // failures the old settings caused stop counting towards its attempt limit.
+            let due = crate::notifications::store::make_queued_due(conn, crate::db::now_millis(), true)?;
+            Ok((stored, due))
         })
         .await?;
+    let (stored, due) = stored;
     state.settings_changed();
-    tracing::info!(actor = %auth.sub(), host = %stored.value.host, "SMTP settings updated");
+    tracing::info!(actor = %auth.sub(), host = %stored.value.host, deferred_now_due = due, "SMTP settings updated");
     Ok(respond(Some(&stored)))
 }

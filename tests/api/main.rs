@@ -7,6 +7,7 @@ mod smtp_server;
 mod admin_email;
 mod auth;
 mod cli;
+mod delivery_faults;
 mod durability;
 mod errors;
 mod notifications;

@@ -97,6 +97,12 @@ pub struct Behaviour {
     pub data_replies: VecDeque<(u16, String)>,
     /// Never answer the end of DATA.
     pub hang_in_data: bool,
+    /// Never answer the end of DATA for a message to this recipient (others are served normally).
+    pub hang_for_rcpt: Option<String>,
+    /// Never answer the end of DATA for the first this many messages.
+    pub hang_first: usize,
+    /// Wait this long before answering the end of DATA (a slow server).
+    pub data_delay: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -153,6 +159,11 @@ impl SmtpServer {
     /// How many TCP connections clients opened.
     pub fn connections(&self) -> usize {
         *self.shared.connections.lock().unwrap()
+    }
+
+    /// How many DATA transactions reached their final dot.
+    pub fn data_started(&self) -> usize {
+        *self.shared.data_started.lock().unwrap()
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -371,10 +382,21 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             *shared.data_started.lock().unwrap() += 1;
             shared.changed.notify_waiters();
-            let (hang, scripted) = {
+            let (hang, scripted, delay) = {
                 let mut b = shared.behaviour.lock().unwrap();
-                (b.hang_in_data, b.data_replies.pop_front())
+                let mut hang = b.hang_in_data
+                    || b.hang_for_rcpt
+                        .as_ref()
+                        .is_some_and(|r| rcpt_to.iter().any(|t| t == r));
+                if b.hang_first > 0 {
+                    b.hang_first -= 1;
+                    hang = true;
+                }
+                (hang, b.data_replies.pop_front(), b.data_delay)
             };
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             if hang {
                 // Hold the transaction open without ever answering.
                 tokio::time::sleep(Duration::from_secs(3600)).await;

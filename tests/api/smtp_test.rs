@@ -329,6 +329,73 @@ async fn the_saved_password_is_used_only_for_the_host_port_and_username_it_was_s
 }
 
 #[tokio::test]
+async fn a_draft_that_weakens_tls_never_receives_the_saved_password() {
+    let cert = TestCert::new(&["localhost"]);
+    let (app, _ca) = app_trusting(&cert).await;
+    let server = SmtpServer::start(Behaviour {
+        starttls: Some(cert.acceptor.clone()),
+        auth: Some(("mailer".into(), "saved-secret".into())),
+        ..Default::default()
+    })
+    .await;
+    let saved = json!({"host": "localhost", "port": server.port, "security": "starttls",
+        "username": "mailer", "password": "saved-secret", "from_address": "portal@example.com",
+        "timeout_seconds": 5});
+    assert_eq!(app.put_smtp(&saved).await.status, 200);
+    assert_eq!(
+        run_test(&app, json!({})).await["ok"],
+        true,
+        "the saved settings work"
+    );
+    let before = server.auth_attempts().len();
+
+    // A token that may only test (not read or write settings) tries to pull the password out in
+    // clear text, then to an unverified certificate.
+    let tester = token("smtp:test");
+    let mut plaintext = saved.clone();
+    plaintext.as_object_mut().unwrap().remove("password");
+    plaintext["security"] = json!("none");
+    plaintext["allow_insecure_auth"] = json!(true);
+    let mut unverified = saved.clone();
+    unverified.as_object_mut().unwrap().remove("password");
+    unverified["tls_verify"] = json!(false);
+    for draft in [plaintext, unverified] {
+        let reply = app
+            .post("/settings/smtp/test", &tester, &json!({"settings": draft}))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.json()["ok"], false, "{}", reply.text);
+    }
+    let leaked: Vec<_> = server.auth_attempts()[before..]
+        .iter()
+        .filter(|(_, p)| p == "saved-secret")
+        .cloned()
+        .collect();
+    assert!(leaked.is_empty(), "the saved password was sent: {leaked:?}");
+}
+
+#[tokio::test]
+async fn a_put_that_weakens_tls_drops_the_stored_password() {
+    let app = spawn_app().await;
+    let saved = json!({"host": "smtp.example.com", "port": 587, "security": "starttls",
+        "username": "mailer", "password": "saved-secret", "from_address": "portal@example.com"});
+    for (field, value) in [("security", json!("none")), ("tls_verify", json!(false))] {
+        assert_eq!(app.put_smtp(&saved).await.json()["password_set"], true);
+        let mut weaker = saved.clone();
+        weaker.as_object_mut().unwrap().remove("password");
+        weaker[field] = value;
+        weaker["allow_insecure_auth"] = json!(true);
+        let reply = app.put_smtp(&weaker).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(
+            reply.json()["password_set"],
+            false,
+            "changing {field} must drop the stored password"
+        );
+    }
+}
+
+#[tokio::test]
 async fn link_local_and_metadata_addresses_are_refused_before_connecting() {
     let app = spawn_app().await;
     for host in ["169.254.169.254", "fe80::1", "fd00:ec2::254"] {

@@ -1,0 +1,580 @@
+//! Delivery under misbehaving servers, slow servers, crashes and fixed settings: nothing stalls,
+//! nothing is sent twice by live instances, a crash is recovered in seconds, and a fix or a flush
+//! brings deferred mail back at once.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::smtp_server::{Behaviour, SmtpServer};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A `mailroom serve` child process, killed when dropped.
+struct Child {
+    process: std::process::Child,
+    base: String,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl Child {
+    async fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> Self {
+        let db_url = format!("sqlite://{}", dir.join("mailroom.db").display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailroom"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("MAILROOM_")) {
+            cmd.env_remove(k);
+        }
+        let mut vars = base_vars(dir, &db_url);
+        // The production defaults for leases and housekeeping, unless a test says otherwise.
+        vars.remove("MAILROOM_DELIVERY_POLL_MILLISECONDS");
+        vars.insert("MAILROOM_BIND".into(), format!("127.0.0.1:{port}"));
+        for (k, v) in extra {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        let process = cmd
+            .arg("serve")
+            .envs(vars)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let child = Self {
+            process,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + WAIT;
+        while client.get(format!("{}/readyz", child.base)).send().await.is_err() {
+            assert!(Instant::now() < deadline, "the child process did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child
+    }
+
+    async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(admin_token())
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn notify(&self, body: &Value) -> String {
+        let reply: Value = reqwest::Client::new()
+            .post(format!("{}/notifications", self.base))
+            .bearer_auth(admin_token())
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        reply["id"].as_str().unwrap().to_string()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; how long it took.
+    fn wait_exit(&mut self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.process.try_wait().unwrap().is_some() {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the process did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn plain_settings(port: u16, timeout_seconds: u32) -> Value {
+    json!({"host": "127.0.0.1", "port": port, "security": "none",
+           "from_address": "portal@example.com", "timeout_seconds": timeout_seconds})
+}
+
+#[derive(QueryableByName, Debug)]
+struct Row {
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    lease_owner: Option<String>,
+}
+
+fn stored_row(dir: &std::path::Path, id: &str) -> Row {
+    let mut conn = SqliteConnection::establish(dir.join("mailroom.db").to_str().unwrap()).unwrap();
+    diesel::sql_query("SELECT status, lease_owner FROM notifications WHERE id = ?")
+        .bind::<Text, _>(id)
+        .get_result(&mut conn)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_session_stalled_after_data_holds_back_no_other_message() {
+    let app = spawn_app().await;
+    let server = SmtpServer::start(Behaviour {
+        hang_for_rcpt: Some("stuck@example.com".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(app.put_smtp(&plain_settings(server.port, 5)).await.status, 200);
+    let stuck = app
+        .notify(&json!({"event": "user_deactivated", "to": "stuck@example.com"}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.wait_for_data_started(1, WAIT).await;
+
+    // The stalled session is bounded by 2 x 5 s; the others must not wait for it.
+    let started = Instant::now();
+    for i in 0..5 {
+        let reply = app
+            .notify(&json!({"event": "user_deactivated", "to": format!("user{i}@example.com")}))
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    server.wait_for(5, Duration::from_secs(8)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The stalled one times out, is dropped without waiting for QUIT, and is deferred.
+    let deadline = Instant::now() + WAIT;
+    let n = loop {
+        let n = app.notification(&stuck).await;
+        if n["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no attempt was recorded: {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(n["status"], "queued", "{n}");
+    assert_eq!(n["attempts"][0]["outcome"], "deferred", "{n}");
+    let stats = app.get("/notifications/stats", &admin_token()).await.json();
+    assert_eq!(stats["last_error"]["notification_id"], stuck, "{stats}");
+    assert!(
+        stats["last_error"]["reply"].as_str().unwrap().contains("within"),
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_within_the_grace_whatever_the_server_does_and_releases_the_claim() {
+    let server = SmtpServer::start(Behaviour {
+        hang_in_data: true,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Child::start(dir.path(), &[("MAILROOM_SHUTDOWN_GRACE_SECONDS", "2")]).await;
+    assert_eq!(
+        child
+            .put("/settings/smtp", &plain_settings(server.port, 60))
+            .await
+            .status(),
+        200
+    );
+    let id = child
+        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
+        .await;
+    server.wait_for_data_started(1, WAIT).await;
+
+    child.signal("-TERM");
+    let took = child.wait_exit(Duration::from_secs(8));
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let row = stored_row(dir.path(), &id);
+    assert_eq!(row.status, "queued", "the claim was not released: {row:?}");
+    assert_eq!(row.lease_owner, None);
+}
+
+#[tokio::test]
+async fn after_kill_9_the_claimed_mail_goes_out_within_seconds_of_a_restart_with_default_settings() {
+    // The first DATA is never answered (the process dies in it); every later one is accepted.
+    let server = SmtpServer::start(Behaviour {
+        hang_first: 1,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Child::start(dir.path(), &[]).await;
+    assert_eq!(
+        child
+            .put("/settings/smtp", &plain_settings(server.port, 60))
+            .await
+            .status(),
+        200
+    );
+    let id = child
+        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
+        .await;
+    server.wait_for_data_started(1, WAIT).await;
+    child.signal("-KILL");
+    child.wait_exit(WAIT);
+    assert_eq!(stored_row(dir.path(), &id).status, "sending");
+
+    let restarted_at = Instant::now();
+    let _child = Child::start(dir.path(), &[]).await;
+    let received = server.wait_for(1, Duration::from_secs(15)).await;
+    let recovery = restarted_at.elapsed();
+    assert!(recovery < Duration::from_secs(10), "recovery took {recovery:?}");
+    assert_eq!(received[0].rcpt_to, ["ada@example.com"]);
+}
+
+/// Two instances on one database and a server that takes longer per message than the lease:
+/// each message still goes out once.
+async fn two_live_instances_never_send_each_others_slow_messages(database_url: String) {
+    let server = SmtpServer::start(Behaviour {
+        data_delay: Some(Duration::from_secs(3)),
+        ..Default::default()
+    })
+    .await;
+    let extra = [
+        ("MAILROOM_DATABASE_URL", database_url.as_str()),
+        ("MAILROOM_DELIVERY_LEASE_SECONDS", "1"),
+        ("MAILROOM_DELIVERY_CONCURRENCY", "4"),
+    ];
+    let a = spawn_app_with(Backend::Sqlite, &extra).await.unwrap();
+    let b = spawn_app_with(Backend::Sqlite, &extra).await.unwrap();
+    a.use_smtp_server(server.port).await;
+    let items: Vec<_> = (0..12)
+        .map(|i| json!({"event": "user_deactivated", "to": format!("user{i}@example.com")}))
+        .collect();
+    let reply = a
+        .post(
+            "/notifications/batch",
+            &admin_token(),
+            &json!({"notifications": items}),
+        )
+        .await;
+    assert_eq!(reply.json()["accepted"], 12, "{}", reply.text);
+    server.wait_for(12, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = b.get("/notifications/stats", &admin_token()).await.json();
+        if stats["counts"]["sent"] == 12 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received = server.received();
+    let mut ids: Vec<String> = received.iter().map(|m| m.header("Message-ID").unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 12);
+    assert_eq!(received.len(), 12, "{} duplicates went out", received.len() - 12);
+    assert_eq!(server.data_started(), 12, "a message was transmitted twice");
+}
+
+#[tokio::test]
+async fn two_live_instances_on_postgres_never_send_each_others_slow_messages() {
+    let Some(pg) = PgDatabase::create() else {
+        eprintln!("SKIPPED two_live_instances_on_postgres...: MAILROOM_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    two_live_instances_never_send_each_others_slow_messages(pg.url.clone()).await;
+}
+
+#[tokio::test]
+async fn two_live_instances_on_one_sqlite_file_never_send_each_others_slow_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    two_live_instances_never_send_each_others_slow_messages(url).await;
+}
+
+/// An app whose retries are an hour apart, so only a fix or a flush can bring mail back soon.
+async fn app_with_slow_retries() -> TestApp {
+    spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("MAILROOM_DELIVERY_RETRY_BASE_SECONDS", "3600"),
+            ("MAILROOM_DELIVERY_RETRY_MAX_SECONDS", "7200"),
+            ("MAILROOM_DELIVERY_MAX_ATTEMPTS", "2"),
+        ],
+    )
+    .await
+    .unwrap()
+}
+
+async fn wait_for_attempts(app: &TestApp, id: &str, n: usize) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = app.notification(id).await;
+        if v["attempts"].as_array().is_some_and(|a| a.len() >= n) && v["status"] != "sending" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{id} never had {n} attempts: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn fixing_the_settings_sends_deferred_mail_at_once_without_spending_its_attempts() {
+    let app = app_with_slow_retries().await;
+    let server = SmtpServer::start(Behaviour {
+        auth: Some(("mailer".into(), "right-password".into())),
+        ..Default::default()
+    })
+    .await;
+    let mut settings = plain_settings(server.port, 5);
+    settings["username"] = json!("mailer");
+    settings["password"] = json!("wrong-password");
+    settings["allow_insecure_auth"] = json!(true);
+    assert_eq!(app.put_smtp(&settings).await.status, 200);
+    let id = app
+        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deferred = wait_for_attempts(&app, &id, 1).await;
+    assert_eq!(deferred["status"], "queued", "{deferred}");
+
+    // The fix; the server then defers once more. With the old failure still counted, that 451
+    // would be the last of two attempts and the notification would fail.
+    server
+        .behaviour()
+        .data_replies
+        .push_back((451, "4.3.0 try again later".into()));
+    settings["password"] = json!("right-password");
+    let fixed_at = Instant::now();
+    assert_eq!(app.put_smtp(&settings).await.status, 200);
+    let after_fix = wait_for_attempts(&app, &id, 2).await;
+    assert!(
+        fixed_at.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        fixed_at.elapsed()
+    );
+    assert_eq!(after_fix["status"], "queued", "{after_fix}");
+    assert_eq!(after_fix["attempts"][1]["smtp_code"], 451, "{after_fix}");
+
+    // And a flush, like `postqueue -f`, sends it now instead of in an hour.
+    let reply = app.post("/notifications/flush", &admin_token(), &json!({})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json()["flushed"], 1, "{}", reply.text);
+    app.wait_for_status(&id, "sent", Duration::from_secs(10)).await;
+    assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn retrying_a_queued_notification_sends_it_now() {
+    let app = app_with_slow_retries().await;
+    let server = SmtpServer::start(Behaviour {
+        data_replies: [(451, "4.3.0 try again later".to_string())].into(),
+        ..Default::default()
+    })
+    .await;
+    app.use_smtp_server(server.port).await;
+    let id = app
+        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deferred = wait_for_attempts(&app, &id, 1).await;
+    assert_eq!(deferred["status"], "queued", "{deferred}");
+    let reply = app
+        .post(&format!("/notifications/{id}/retry"), &admin_token(), &json!({}))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    app.wait_for_status(&id, "sent", Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn flushing_needs_the_send_scope() {
+    let app = spawn_app().await;
+    let reply = app
+        .post("/notifications/flush", &token("notifications:read"), &json!({}))
+        .await;
+    reply.problem(403, "insufficient_scope");
+}
+
+#[tokio::test]
+async fn the_list_shows_each_notifications_attempts() {
+    let app = spawn_app().await;
+    let server = SmtpServer::start(Behaviour::default()).await;
+    app.use_smtp_server(server.port).await;
+    let id = app
+        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.wait_for_status(&id, "sent", WAIT).await;
+    let list = app.get("/notifications", &admin_token()).await.json();
+    let item = &list["notifications"][0];
+    assert_eq!(item["id"], id);
+    assert_eq!(item["attempts"][0]["outcome"], "sent", "{list}");
+}
+
+/// Runs the binary in its own mount namespace with its data directory on a 2 MB tmpfs, fills the
+/// disk from outside (through /proc/PID/root) and frees it again. Needs root for `unshare -m`.
+#[tokio::test]
+async fn a_full_disk_is_507_and_not_ready_with_the_cause_in_stats_until_space_returns() {
+    let probe = Command::new("unshare")
+        .args(["-m", "true"])
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED a_full_disk...: `unshare -m` is not permitted here (needs root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new("unshare");
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("MAILROOM_")) {
+        cmd.env_remove(k);
+    }
+    let db_url = format!("sqlite://{}", data.join("mailroom.db").display());
+    let script = format!(
+        "mount -t tmpfs -o size=2m tmpfs '{}' && exec '{}' serve",
+        data.display(),
+        env!("CARGO_BIN_EXE_mailroom")
+    );
+    let process = cmd
+        .args(["-m", "sh", "-c", &script])
+        .envs(base_vars(&data, &db_url))
+        .env("MAILROOM_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Child {
+        process,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    while client.get(format!("{}/readyz", child.base)).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the child process did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `sh` exec'd into mailroom: same pid, and its root shows the tmpfs.
+    let filler = format!("/proc/{}/root{}/filler", child.process.id(), data.display());
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let big = "y".repeat(190);
+    let post = || async {
+        let res = client
+            .post(format!("{}/notifications", child.base))
+            .bearer_auth(admin_token())
+            .json(&json!({"event": "user_deactivated", "to": "ada@example.com", "to_name": big.clone()}))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, content_type, res.text().await.unwrap())
+    };
+    let mut refused = None;
+    for _ in 0..5000 {
+        let (status, content_type, body) = post().await;
+        if status != 202 {
+            refused = Some((status, content_type, body));
+            break;
+        }
+    }
+    let (status, content_type, body) = refused.expect("the disk never filled up");
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    let problem: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["code"], "insufficient_storage", "{problem}");
+
+    let ready = client.get(format!("{}/readyz", child.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let stats: Value = client
+        .get(format!("{}/notifications/stats", child.base))
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        stats["last_error"]["reply"]
+            .as_str()
+            .is_some_and(|r| r.contains("disk is full")),
+        "{stats}"
+    );
+
+    // Space comes back: the next write succeeds and the service is ready again.
+    std::fs::remove_file(&filler).unwrap();
+    let (status, _, body) = post().await;
+    assert_eq!(status, 202, "{body}");
+    let ready = client.get(format!("{}/readyz", child.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn with_the_database_gone_posts_and_readiness_answer_503_within_about_a_second() {
+    let Some(pg) = PgDatabase::create() else {
+        eprintln!("SKIPPED with_the_database_gone...: MAILROOM_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let app = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &pg.url)])
+        .await
+        .unwrap();
+    assert_eq!(app.get("/readyz", "").await.status, 200);
+    // Dropping the database (WITH FORCE) closes every connection and refuses new ones.
+    drop(pg);
+    for path in ["/readyz", "/notifications"] {
+        let started = Instant::now();
+        let reply = if path == "/readyz" {
+            app.get(path, "").await
+        } else {
+            app.notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
+                .await
+        };
+        let took = started.elapsed();
+        reply.problem(503, "unavailable");
+        assert!(took < Duration::from_secs(3), "{path} took {took:?}");
+    }
+}
