@@ -10,6 +10,7 @@ pub mod mail;
 pub mod notifications;
 pub mod openapi;
 pub mod routes;
+pub mod sandbox;
 pub mod secrets;
 pub mod settings;
 pub mod startup;

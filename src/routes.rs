@@ -34,6 +34,21 @@ pub fn api(cfg: &mut ServiceConfig) {
 
 /// Body limit for JSON requests (batches of notifications need room).
 pub const JSON_LIMIT: usize = 4 * 1024 * 1024;
+/// Body limit for handlers that read raw bytes (the SMTP test).
+pub const BYTES_LIMIT: usize = 256 * 1024;
+
+pub fn payload_config() -> web::PayloadConfig {
+    web::PayloadConfig::new(BYTES_LIMIT)
+}
+
+/// The body limit that applies to `path`, for the 413 answer.
+pub fn body_limit(path: &str) -> usize {
+    if path == "/settings/smtp/test" {
+        BYTES_LIMIT
+    } else {
+        JSON_LIMIT
+    }
+}
 
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()

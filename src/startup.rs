@@ -212,7 +212,9 @@ fn problem_safety_net<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHand
             detail: "the request was rejected (for a browser, check that its origin is allowed by MAILROOM_CORS_ORIGINS)".into(),
         },
         404 => ApiError::NotFound(format!("no resource at {}", res.request().path())),
-        413 => ApiError::PayloadTooLarge { limit: routes::JSON_LIMIT },
+        413 => ApiError::PayloadTooLarge {
+            limit: routes::body_limit(res.request().path()),
+        },
         415 => ApiError::UnsupportedMediaType("unsupported content type".into()),
         _ if status.is_server_error() => ApiError::Internal(anyhow::anyhow!("unhandled {status} response")),
         _ => ApiError::BadRequest {
@@ -252,6 +254,7 @@ fn run(
             .app_data(verifier.clone())
             .app_data(route_table.clone())
             .app_data(routes::json_config())
+            .app_data(routes::payload_config())
             .app_data(routes::query_config())
             .app_data(routes::path_config())
             .into_utoipa_app()

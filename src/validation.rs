@@ -141,7 +141,10 @@ pub fn check_email(errors: &mut Errors, field: &str, value: &str) -> bool {
         && value.validate_email()
         && value.parse::<lettre::Address>().is_ok()
         && value.rsplit_once('@').is_some_and(|(_, domain)| {
-            domain == "localhost" || (domain.contains('.') && !domain.ends_with('.'))
+            // Address literals (`user@[127.0.0.1]`) are refused: messages to them cannot be built
+            // and they would point mail at arbitrary IPs.
+            !domain.starts_with('[')
+                && (domain == "localhost" || (domain.contains('.') && !domain.ends_with('.')))
         });
     if !valid {
         errors.add(

@@ -105,6 +105,9 @@ pub struct StorageFailure {
 
 impl Db {
     pub fn connect(url: &DatabaseUrl, pool_size: u32) -> anyhow::Result<Self> {
+        if let DatabaseUrl::Sqlite(path) = url {
+            prepare_sqlite_files(path)?;
+        }
         let manager = Manager::new(url.clone());
         // Fail with the real error (bad path, refused connection) before building pools.
         let mut first = manager
@@ -210,6 +213,39 @@ impl Db {
         })
         .await
     }
+}
+
+/// The database holds password-reset links and the like: its directory is created 0700, and the
+/// file is created 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm` files the
+/// database file's mode). Files from an earlier version are tightened to 0600 too.
+fn prepare_sqlite_files(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        crate::secrets::create_private_dir(dir)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if let Ok(meta) = std::fs::metadata(&file) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    if let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot make the database file private");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` in a write transaction. On SQLite it begins with `BEGIN IMMEDIATE`: a deferred

@@ -30,7 +30,8 @@ impl Sender {
     /// None while no `from_address` is configured: nothing is sent without one.
     pub fn from_settings(settings: &SmtpSettings) -> Option<Self> {
         let address: Address = settings.from_address.as_deref()?.parse().ok()?;
-        let domain = address.domain().to_string();
+        // Message-IDs are ASCII: an internationalised domain goes in as its A-label (punycode).
+        let domain = idna::domain_to_ascii(address.domain()).unwrap_or_else(|_| address.domain().to_string());
         let reply_to = settings
             .reply_to
             .as_deref()
@@ -57,6 +58,26 @@ pub struct Content<'a> {
     pub html: &'a str,
 }
 
+/// Every line ending as CRLF: a bare CR or LF in a body (from the data) must not reach the wire,
+/// where lenient relays may read it as the end of a line (an ingredient of SMTP smuggling).
+pub fn crlf(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + s.len() / 32);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push_str("\r\n");
+            }
+            '\n' => out.push_str("\r\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A multipart/alternative message (plain text first, then HTML). lettre encodes every header
 /// value, so names and subjects cannot add header lines.
 pub fn build(sender: &Sender, content: &Content<'_>) -> anyhow::Result<Message> {
@@ -75,12 +96,12 @@ pub fn build(sender: &Sender, content: &Content<'_>) -> anyhow::Result<Message> 
             .singlepart(
                 SinglePart::builder()
                     .header(ContentType::TEXT_PLAIN)
-                    .body(content.text.to_string()),
+                    .body(crlf(content.text)),
             )
             .singlepart(
                 SinglePart::builder()
                     .header(ContentType::TEXT_HTML)
-                    .body(content.html.to_string()),
+                    .body(crlf(content.html)),
             ),
     )?)
 }
@@ -128,6 +149,54 @@ mod tests {
         );
         assert!(raw.contains("Message-ID: <n1@example.com>"));
         assert!(raw.contains("Reply-To: support@example.com"));
+    }
+
+    #[test]
+    fn no_bare_cr_or_lf_reaches_the_wire() {
+        let sender = Sender::from_settings(&settings()).unwrap();
+        let message = build(
+            &sender,
+            &Content {
+                notification_id: "n1",
+                to: "ada@example.com",
+                to_name: None,
+                subject: "Hi",
+                text: "Ada\r.\rMAIL FROM:<evil@example.com>\r\nnext\nlast",
+                html: "<p>Ada\r.\r</p>",
+            },
+        )
+        .unwrap();
+        let raw = message.formatted();
+        for (i, b) in raw.iter().enumerate() {
+            if *b == b'\r' {
+                assert_eq!(raw.get(i + 1), Some(&b'\n'), "bare CR at {i}");
+            }
+            if *b == b'\n' {
+                assert!(i > 0 && raw[i - 1] == b'\r', "bare LF at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_internationalised_from_domain_is_punycode_in_the_message_id() {
+        let mut s = settings();
+        s.from_address = Some("portal@bücher.example".into());
+        let sender = Sender::from_settings(&s).unwrap();
+        assert_eq!(sender.message_id("n1"), "<n1@xn--bcher-kva.example>");
+        let message = build(
+            &sender,
+            &Content {
+                notification_id: "n1",
+                to: "ada@example.com",
+                to_name: None,
+                subject: "Hi",
+                text: "t",
+                html: "h",
+            },
+        )
+        .unwrap();
+        let raw = String::from_utf8(message.formatted()).unwrap();
+        assert!(raw.contains("Message-ID: <n1@xn--bcher-kva.example>"), "{raw}");
     }
 
     #[test]

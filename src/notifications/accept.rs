@@ -17,11 +17,15 @@ use crate::validation::{check_email, check_header_text, Errors, Field};
 
 /// Longest lifetime a caller may ask for.
 const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
-const MAX_VALUE_CHARS: usize = 10_000;
+pub const MAX_VALUE_CHARS: usize = 10_000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// `POST /notifications` body (and each item of a batch).
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "event": "access_request_approved", "to": "ada@example.com", "to_name": "Ada Lovelace",
+    "data": {"product_name": "Payments API", "user_name": "Ada"}
+}))]
 pub struct NotificationRequest {
     /// An event from `GET /events`.
     #[serde(default)]
@@ -59,6 +63,29 @@ pub struct Validated {
     pub idempotency_key: Option<String>,
     /// Fingerprint of what was asked, to tell a repeat from a conflicting reuse of a key.
     pub request_hash: String,
+    /// Subject and bodies, rendered before the notification goes to the committer (so that no
+    /// template runs while the write connection is held).
+    pub rendered: Option<Rendered>,
+}
+
+/// Renders a validated notification with the subjects in effect. A template that cannot render
+/// is this notification's own 422; it never fails another.
+pub fn render_validated(v: &mut Validated, subjects: &subjects::CustomSubjects) -> Result<(), ApiError> {
+    match render::render(v.event, subjects::subject_for(subjects, v.event), &v.data) {
+        Ok(r) => {
+            v.rendered = Some(r);
+            Ok(())
+        }
+        Err(render::RenderError::Subject { event, refusal }) => Err(ApiError::field(
+            "event",
+            refusal.code(),
+            format!(
+                "the subject template of {event} cannot be used ({}); fix it with PUT /settings/subjects",
+                refusal.message()
+            ),
+        )),
+        Err(e) => Err(ApiError::Internal(anyhow::Error::new(e))),
+    }
 }
 
 /// What `202 Accepted` carries.
@@ -253,13 +280,13 @@ pub fn validate(
         expires_at,
         idempotency_key,
         request_hash,
+        rendered: None,
     })
 }
 
 /// The settings that decide rendering and whether a notification can go out now; read once per
 /// request (or batch) in the accepting transaction.
 pub struct AcceptContext {
-    subjects: subjects::CustomSubjects,
     /// Why nothing can be sent at all right now.
     blocked: Option<String>,
     admin_email: Option<String>,
@@ -281,7 +308,6 @@ impl AcceptContext {
     pub fn load(conn: &mut DbConnection) -> Result<Self, ApiError> {
         let smtp = smtp::load(conn)?;
         Ok(Self {
-            subjects: subjects::load(conn)?,
             blocked: not_deliverable_reason(smtp.as_ref().map(|s| &s.value)),
             admin_email: admin_email::load(conn)?,
         })
@@ -310,9 +336,12 @@ pub fn prepare(
     subject_sub: &str,
     now: i64,
 ) -> Result<(NotificationRow, Accepted), ApiError> {
-    let Rendered { subject, text, html } =
-        render::render(v.event, subjects::subject_for(&ctx.subjects, v.event), &v.data)
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering {} failed: {e}", v.event.name)))?;
+    let Rendered { subject, text, html } = v.rendered.clone().ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "{} was not rendered before storing",
+            v.event.name
+        ))
+    })?;
     let recipient = v.to.clone().or_else(|| ctx.admin_email.clone());
     let held_reason = ctx
         .blocked

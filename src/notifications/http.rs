@@ -58,7 +58,9 @@ fn accepted_response(a: &Accepted) -> HttpResponse {
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `notifications:send`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key was used with another body (`idempotency_key_reused`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown event, missing `to`, bad `data` (fields like `data.product_name`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 4 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown event, missing `to`, bad `data` (fields like `data.product_name`), or a subject template of the event that cannot render (field `event`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[post("/notifications")]
@@ -72,6 +74,13 @@ pub async fn post_notification(
     let key = idempotency_header(&req)?;
     let validated =
         accept::validate(body.into_inner().0, key.as_deref(), "", now).map_err(ApiError::Validation)?;
+    let subjects = state.db.read(crate::settings::subjects::load).await?;
+    let validated = crate::error::blocking(move || {
+        let mut v = validated;
+        accept::render_validated(&mut v, &subjects)?;
+        Ok(v)
+    })
+    .await?;
     let acceptance = state.intake.accept(validated, auth.sub(), now).await?;
     if let Acceptance::New(a) = &acceptance {
         if a.status == Status::Queued {
@@ -85,7 +94,7 @@ pub async fn post_notification(
 pub struct BatchRequest {
     /// Up to 1000 notifications, each validated and answered on its own.
     #[serde(default)]
-    #[schema(value_type = Vec<NotificationRequest>)]
+    #[schema(value_type = Vec<NotificationRequest>, required = true, min_items = 1, max_items = 1000)]
     pub notifications: Field<Vec<serde_json::Value>>,
 }
 
@@ -115,9 +124,11 @@ pub struct BatchResponse {
     request_body = BatchRequest,
     responses(
         (status = 200, description = "One result per item, in order", body = BatchResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `notifications:send`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than 4 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`notifications` missing, empty or longer than 1000", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -183,6 +194,31 @@ pub async fn post_batch(
                 notification: None,
                 error: Some(ApiError::Validation(field_errors).problem()),
             })),
+        }
+    }
+    // Rendered off the async threads and before the committer; a failure is the item's own.
+    if !valid.is_empty() {
+        let subjects = state.db.read(crate::settings::subjects::load).await?;
+        let rendered = crate::error::blocking(move || {
+            Ok(valid
+                .into_iter()
+                .map(|(index, mut v)| (index, accept::render_validated(&mut v, &subjects).map(|()| v)))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        valid = Vec::with_capacity(rendered.len());
+        for (index, r) in rendered {
+            match r {
+                Ok(v) => valid.push((index, v)),
+                Err(e) => {
+                    results[index] = Some(BatchItemResult {
+                        index,
+                        status: actix_web::ResponseError::status_code(&e).as_u16(),
+                        notification: None,
+                        error: Some(e.problem()),
+                    })
+                }
+            }
         }
     }
     // Through the group committer, like single posts: each item is answered on its own.
@@ -328,16 +364,29 @@ pub async fn get_notification(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// held, queued, sending, sent, failed or expired.
+    #[param(value_type = Option<Status>)]
     pub status: Option<String>,
+    /// An event from `GET /events`.
+    #[param(schema_with = event_name_schema)]
     pub event: Option<String>,
     /// Recipient address.
     pub to: Option<String>,
     /// Only notifications created at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// `next_cursor` from the previous page.
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
+}
+
+/// The event names, as an enum in the OpenAPI document.
+fn event_name_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(crate::events::EVENTS.iter().map(|e| e.name)))
+        .build()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -382,6 +431,16 @@ pub async fn list_notifications(
     if let Some(e) = &q.event {
         if crate::events::find(e).is_none() {
             errors.add("event", "unknown_event", format!("{e} is not an event"));
+        }
+    }
+    if let Some(c) = &q.cursor {
+        // The same rule as the audit log: a cursor is only what a previous page handed out.
+        if uuid::Uuid::parse_str(c).is_err() {
+            errors.add(
+                "cursor",
+                "invalid_cursor",
+                "cursor must be a next_cursor from a previous page",
+            );
         }
     }
     errors.finish()?;

@@ -148,25 +148,71 @@ fn tidy_text(s: &str) -> String {
     out.trim_end().to_string() + "\n"
 }
 
+/// The longest subject sent (RFC 5322 allows 998 octets per header line; a subject is read in a
+/// mail client's list long before that). Longer ones are cut with an ellipsis.
+pub const MAX_RENDERED_SUBJECT_CHARS: usize = 255;
+
+/// Why a notification could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The operator's subject template for the event (code and message from the sandbox).
+    #[error("the subject template of {event} cannot be used: {refusal}")]
+    Subject {
+        event: &'static str,
+        refusal: crate::sandbox::Refusal,
+    },
+    /// A built-in template failed: a bug.
+    #[error("rendering a built-in template failed: {0}")]
+    BuiltIn(#[from] minijinja::Error),
+}
+
+/// The default subject of `event`, rendered.
+fn default_subject(event: &Event, data: &minijinja::Value) -> Result<String, minijinja::Error> {
+    environment()
+        .get_template(&format!("{}.subject", event.name))?
+        .render(data)
+}
+
+/// Cuts `s` to [`MAX_RENDERED_SUBJECT_CHARS`] characters.
+fn cut_subject(s: String) -> String {
+    if s.chars().count() <= MAX_RENDERED_SUBJECT_CHARS {
+        return s;
+    }
+    let mut cut: String = s.chars().take(MAX_RENDERED_SUBJECT_CHARS - 1).collect();
+    cut.push('\u{2026}');
+    cut
+}
+
+/// Renders a subject template (one line, cut to length; an empty result falls back to the
+/// event's default subject, rendered).
+pub fn render_subject(
+    event: &'static Event,
+    subject_template: &str,
+    data: &minijinja::Value,
+) -> Result<String, RenderError> {
+    let subject = if subject_template == event.default_subject {
+        default_subject(event, data)?
+    } else {
+        crate::sandbox::render(subject_template, data).map_err(|refusal| RenderError::Subject {
+            event: event.name,
+            refusal,
+        })?
+    };
+    let mut subject = crate::mail::message::one_line(&subject);
+    if subject.is_empty() {
+        subject = crate::mail::message::one_line(&default_subject(event, data)?);
+    }
+    Ok(cut_subject(subject))
+}
+
 pub fn render(
-    event: &Event,
+    event: &'static Event,
     subject_template: &str,
     data: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Rendered, minijinja::Error> {
+) -> Result<Rendered, RenderError> {
     let env = environment();
     let data = minijinja::Value::from(minijinja::value::Serde(data));
-    let subject = if subject_template == event.default_subject {
-        env.get_template(&format!("{}.subject", event.name))?
-            .render(&data)?
-    } else {
-        crate::settings::subjects::environment().render_str(subject_template, &data)?
-    };
-    let subject = crate::mail::message::one_line(&subject);
-    let subject = if subject.is_empty() {
-        event.default_subject.to_string()
-    } else {
-        subject
-    };
+    let subject = render_subject(event, subject_template, &data)?;
     let text = env.get_template(&format!("{}.txt", event.name))?.render(&data)?;
     let html = env.get_template(&format!("{}.html", event.name))?.render(&data)?;
     Ok(Rendered {

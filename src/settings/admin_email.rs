@@ -27,7 +27,7 @@ pub struct AdminEmailInput {
     /// The address that receives admin notifications (access requests, registrations).
     /// `null` removes it; admin notifications are then held until one is set.
     #[serde(default)]
-    #[schema(value_type = Option<String>, format = Email, example = "admins@example.com")]
+    #[schema(value_type = Option<String>, format = Email, example = "admins@example.com", required = true)]
     pub email: Field<String>,
 }
 
@@ -92,6 +92,7 @@ pub async fn get_admin_email(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `settings:write`", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match the current ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing or invalid `email`", body = Problem, content_type = "application/problem+json"),
     )
 )]

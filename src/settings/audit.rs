@@ -17,8 +17,10 @@ use crate::startup::AppState;
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Entries per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^[0-9]+$")]
     pub cursor: Option<String>,
 }
 

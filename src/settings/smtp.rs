@@ -94,6 +94,11 @@ impl SmtpSettings {
 
 /// `PUT /settings/smtp` body (also the `settings` draft of `POST /settings/smtp/test`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "host": "smtp.example.com", "port": 587, "security": "starttls",
+    "username": "mailer@example.com", "from_address": "portal@example.com",
+    "from_name": "Developer Portal", "timeout_seconds": 10, "tls_verify": true
+}))]
 pub struct SmtpSettingsInput {
     /// SMTP server host name or IP address, without scheme or port.
     #[serde(default)]

@@ -68,6 +68,7 @@ impl RateLimiter {
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(example = json!({"to": "ops@example.com"}))]
 pub struct SmtpTestRequest {
     /// Unsaved settings to test, with the fields and validation of `PUT /settings/smtp`.
     /// Absent: the saved settings. Without `password`, the saved password is used only when
@@ -82,7 +83,8 @@ pub struct SmtpTestRequest {
 }
 
 fn parse_body(req: &HttpRequest, body: &[u8]) -> Result<SmtpTestRequest, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // No body, or JSON `null`: test the saved settings (the document allows both).
+    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
         return Ok(SmtpTestRequest::default());
     }
     let json = req
@@ -117,6 +119,8 @@ fn parse_body(req: &HttpRequest, body: &[u8]) -> Result<SmtpTestRequest, ApiErro
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `smtp:test`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 256 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No draft given and nothing saved (`smtp_not_configured`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid draft fields (`settings.host`, ...) or `to`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "More than the allowed tests per minute for this token subject; see Retry-After", body = Problem, content_type = "application/problem+json"),

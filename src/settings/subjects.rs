@@ -29,7 +29,8 @@ pub struct SubjectsInput {
     /// Subject templates by event, e.g. `{"access_request_approved": "Access to {{ product_name }} granted"}`.
     /// PUT: events left out use their default. PATCH: only the events given change; `null` resets one.
     #[serde(default)]
-    #[schema(value_type = HashMap<String, Option<String>>)]
+    #[schema(value_type = HashMap<String, Option<String>>, required = true,
+             example = json!({"access_request_approved": "Access to {{ product_name }} granted"}))]
     pub subjects: Field<HashMap<String, Field<String>>>,
 }
 
@@ -52,15 +53,41 @@ pub struct SubjectsView {
     pub subjects: Vec<SubjectEntry>,
 }
 
-/// A template environment for subjects: plain text, no auto-escaping.
-pub fn environment() -> minijinja::Environment<'static> {
-    let mut env = minijinja::Environment::new();
-    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env
+/// Example data for rendering a subject at save time: `typical` values, or each variable at the
+/// longest length a notification may carry (the worst case a template must stay within bounds for).
+fn example_data(event: &events::Event, longest: bool) -> minijinja::Value {
+    let data: serde_json::Map<String, serde_json::Value> = event
+        .all_variables()
+        .map(|v| {
+            let value = if v.name.ends_with("_url") {
+                let url = format!("https://portal.example.com/{}", v.name);
+                if longest {
+                    format!(
+                        "{url}/{}",
+                        "a".repeat(crate::notifications::accept::MAX_VALUE_CHARS - url.len() - 1)
+                    )
+                } else {
+                    url
+                }
+            } else if v.name.ends_with("_email") {
+                "ada@example.com".to_string()
+            } else if longest {
+                "W".repeat(crate::notifications::accept::MAX_VALUE_CHARS)
+            } else {
+                format!("Example {}", v.name.replace('_', " "))
+            };
+            (v.name.to_string(), serde_json::Value::String(value))
+        })
+        .collect();
+    minijinja::Value::from(minijinja::value::Serde(data))
 }
 
 /// Checks a subject template for `event`; on failure adds a field error and returns false.
-pub fn check_subject(errors: &mut Errors, field: &str, event: &events::Event, subject: &str) -> bool {
+///
+/// Beyond syntax and variables, the template is rendered at save time against example data and
+/// against the longest data a notification may carry: what fails to render, or exceeds the
+/// sandbox's bounds on work and size, is refused here instead of failing every notification later.
+pub fn check_subject(errors: &mut Errors, field: &str, event: &'static events::Event, subject: &str) -> bool {
     if subject.trim().is_empty() {
         errors.add(field, "empty", format!("{field} must not be empty"));
         return false;
@@ -68,7 +95,11 @@ pub fn check_subject(errors: &mut Errors, field: &str, event: &events::Event, su
     if !check_header_text(errors, field, subject, MAX_SUBJECT_CHARS) {
         return false;
     }
-    let env = environment();
+    if let Err(refusal) = crate::sandbox::check_syntax(subject) {
+        errors.add(field, refusal.code(), format!("{field}: {refusal}"));
+        return false;
+    }
+    let env = crate::sandbox::environment();
     let template = match env.template_from_str(subject) {
         Ok(t) => t,
         Err(e) => {
@@ -88,22 +119,49 @@ pub fn check_subject(errors: &mut Errors, field: &str, event: &events::Event, su
         .into_iter()
         .filter(|v| !event.has_variable(v))
         .collect();
-    if unknown.is_empty() {
-        return true;
+    if !unknown.is_empty() {
+        unknown.sort();
+        let allowed: Vec<&str> = event.all_variables().map(|v| v.name).collect();
+        errors.add(
+            field,
+            "unknown_variable",
+            format!(
+                "{field} uses {} that {} does not have; it may use: {}",
+                unknown.join(", "),
+                event.name,
+                allowed.join(", ")
+            ),
+        );
+        return false;
     }
-    unknown.sort();
-    let allowed: Vec<&str> = event.all_variables().map(|v| v.name).collect();
-    errors.add(
-        field,
-        "unknown_variable",
-        format!(
-            "{field} uses {} that {} does not have; it may use: {}",
-            unknown.join(", "),
-            event.name,
-            allowed.join(", ")
-        ),
-    );
-    false
+    for longest in [false, true] {
+        match crate::sandbox::render(subject, &example_data(event, longest)) {
+            Ok(rendered) if !longest => {
+                let chars = crate::mail::message::one_line(&rendered).chars().count();
+                if chars > crate::notifications::render::MAX_RENDERED_SUBJECT_CHARS {
+                    errors.add(
+                        field,
+                        "too_long",
+                        format!(
+                            "{field} renders to {chars} characters with example data; subjects are cut at {}",
+                            crate::notifications::render::MAX_RENDERED_SUBJECT_CHARS
+                        ),
+                    );
+                    return false;
+                }
+            }
+            Ok(_) => {}
+            Err(refusal) => {
+                errors.add(
+                    field,
+                    refusal.code(),
+                    format!("{field} cannot be used: {refusal}"),
+                );
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// The subject template in effect for `event`.
@@ -256,7 +314,8 @@ pub async fn get_subjects(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `settings:write`", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match the current ETag", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown event, empty or too long subject, CR/LF, bad template or unknown variable (field `subjects.<event>`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown event, empty or too long subject, CR/LF, a template that does not render (`invalid_template`) or would take too much work or memory (`template_too_expensive`), unknown variable (field `subjects.<event>`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[put("/settings/subjects")]
@@ -281,7 +340,8 @@ pub async fn put_subjects(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `settings:write`", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match the current ETag", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid entries (field `subjects.<event>`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid entries (field `subjects.<event>`), as for PUT", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[patch("/settings/subjects")]

@@ -12,6 +12,7 @@ mod durability;
 mod errors;
 mod notifications;
 mod openapi;
+mod security_review;
 mod settings_smtp;
 mod smtp_test;
 mod subjects;

@@ -1,0 +1,327 @@
+//! Operator-written templates (subjects today) run here: a minijinja environment with only the
+//! features a subject needs, bounded work (fuel), bounded recursion and bounded output, so that a
+//! template can neither hang a thread nor exhaust memory.
+//!
+//! Memory needs a check before rendering as well: minijinja builds a string such as
+//! `'x' * 99999999` in one operation, before any output limit could see it. So the syntax is
+//! restricted first (no `*`, no large numbers, no `set`, `macro` or other statements that can
+//! bind and compound values), the filters are a short list of ones that cannot grow their input,
+//! and then fuel bounds loops and the output writer bounds what is written.
+
+use std::io::Write;
+
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
+
+/// Instructions one render may execute.
+const FUEL: u64 = 20_000;
+/// Nesting of loops and conditions.
+const RECURSION_LIMIT: usize = 20;
+/// Bytes one render may write (subjects are cut much shorter afterwards).
+pub const MAX_OUTPUT: usize = 256 * 1024;
+/// The largest number a template may spell out.
+const MAX_NUMBER: u64 = 1000;
+/// Statements a subject may use.
+const ALLOWED_STATEMENTS: &[&str] = &["if", "elif", "else", "endif", "for", "endfor"];
+
+/// Why a template cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Would take too much work or memory (`template_too_expensive`).
+    TooExpensive(String),
+    /// Does not parse, or does not render (`invalid_template`).
+    Invalid(String),
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooExpensive(_) => "template_too_expensive",
+            Self::Invalid(_) => "invalid_template",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Self::TooExpensive(m) | Self::Invalid(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// The environment for subjects: plain text (no escaping), no builtins but a short list of
+/// filters that never make a string longer than their input and arguments.
+pub fn environment() -> &'static Environment<'static> {
+    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::empty();
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(RECURSION_LIMIT);
+        env.add_filter("upper", minijinja::filters::upper);
+        env.add_filter("lower", minijinja::filters::lower);
+        env.add_filter("title", minijinja::filters::title);
+        env.add_filter("capitalize", minijinja::filters::capitalize);
+        env.add_filter("trim", minijinja::filters::trim);
+        env.add_filter("default", minijinja::filters::default);
+        env.add_filter("d", minijinja::filters::default);
+        env.add_filter("length", minijinja::filters::length);
+        env.add_filter("first", minijinja::filters::first);
+        env.add_filter("last", minijinja::filters::last);
+        env.add_filter("string", minijinja::filters::string);
+        env.add_filter("truncate", truncate);
+        env.add_test("defined", minijinja::tests::is_defined);
+        env.add_test("undefined", minijinja::tests::is_undefined);
+        env.add_test("none", minijinja::tests::is_none);
+        env
+    })
+}
+
+/// `truncate(length=255, end='...')`: cut to `length` characters, ending in `end`.
+fn truncate(value: String, length: Option<usize>, end: Option<String>) -> String {
+    let length = length.unwrap_or(255);
+    if value.chars().count() <= length {
+        return value;
+    }
+    let end = end.unwrap_or_else(|| "...".into());
+    let keep = length.saturating_sub(end.chars().count());
+    value.chars().take(keep).chain(end.chars()).collect()
+}
+
+/// Checks what the syntax allows before anything runs: no `*` operator, no number above
+/// [`MAX_NUMBER`], only `if` and `for` statements.
+pub fn check_syntax(source: &str) -> Result<(), Refusal> {
+    let mut rest = source;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let close = match after.chars().next() {
+            Some('{') => "}}",
+            Some('%') => "%}",
+            Some('#') => "#}",
+            _ => {
+                rest = after;
+                continue;
+            }
+        };
+        let body_start = start + 2;
+        let Some(len) = find_outside_strings(&rest[body_start..], close) else {
+            return Err(Refusal::Invalid("a tag is not closed".into()));
+        };
+        let body = &rest[body_start..body_start + len];
+        if close == "%}" {
+            let statement = body
+                .trim_start_matches(['-', '+'])
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if !ALLOWED_STATEMENTS.contains(&statement) {
+                check_code(body)?;
+                return Err(Refusal::Invalid(format!(
+                    "subjects may use only if and for blocks, not `{statement}`"
+                )));
+            }
+        }
+        if close != "#}" {
+            check_code(body)?;
+        }
+        rest = &rest[body_start + len + 2..];
+    }
+    Ok(())
+}
+
+/// Where `needle` starts in `s`, ignoring string literals.
+fn find_outside_strings(s: &str, needle: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(_) if b == b'\\' => i += 1,
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'\'' || b == b'"' => quote = Some(b),
+            None if s[i..].starts_with(needle) => return Some(i),
+            None => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Checks the code inside one tag for operators and numbers that could build huge values.
+fn check_code(code: &str) -> Result<(), Refusal> {
+    let bytes = code.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if let Some(q) = quote {
+            if b == b'\\' {
+                i += 1;
+            } else if b == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'\'' | b'"' => quote = Some(b),
+            b'*' => {
+                return Err(Refusal::TooExpensive(
+                    "the * operator is not allowed in subjects (it can build huge strings)".into(),
+                ))
+            }
+            b'0'..=b'9' if i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') => {
+                let digits: String = code[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '_')
+                    .collect();
+                let number: u64 = digits.replace('_', "").parse().unwrap_or(u64::MAX);
+                if number > MAX_NUMBER {
+                    return Err(Refusal::TooExpensive(format!(
+                        "numbers above {MAX_NUMBER} are not allowed in subjects"
+                    )));
+                }
+                i += digits.len();
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Stops writing after [`MAX_OUTPUT`] bytes.
+struct Capped(Vec<u8>);
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT {
+            return Err(std::io::Error::other("output limit reached"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders `source` with `data`, within the bounds. Syntax is checked first.
+pub fn render(source: &str, data: &Value) -> Result<String, Refusal> {
+    check_syntax(source)?;
+    let env = environment();
+    let template = env
+        .template_from_str(source)
+        .map_err(|e| Refusal::Invalid(describe(&e)))?;
+    let mut out = Capped(Vec::new());
+    match template.render_captured_to(data, &mut out) {
+        Ok(_) => Ok(String::from_utf8_lossy(&out.0).into_owned()),
+        Err(e) => Err(match e.kind() {
+            ErrorKind::OutOfFuel => {
+                Refusal::TooExpensive("rendering takes too many steps (too many loop iterations)".into())
+            }
+            ErrorKind::WriteFailure => Refusal::TooExpensive(format!(
+                "the rendered text is longer than {} KiB",
+                MAX_OUTPUT / 1024
+            )),
+            _ if e.to_string().contains("recursion") => {
+                Refusal::TooExpensive("the template nests too deeply".into())
+            }
+            _ => Refusal::Invalid(describe(&e)),
+        }),
+    }
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let detail = e
+        .detail()
+        .map(str::to_string)
+        .unwrap_or_else(|| e.kind().to_string());
+    match e.kind() {
+        ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction => format!(
+            "{detail}; subjects may use the filters upper, lower, title, capitalize, trim, default, length, first, last, string and truncate"
+        ),
+        _ => detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> Value {
+        Value::from(minijinja::value::Serde(
+            serde_json::json!({"user_name": "Ada", "product_name": "Payments"}),
+        ))
+    }
+
+    #[test]
+    fn ordinary_subjects_render() {
+        assert_eq!(
+            render("Welcome {{ user_name | upper }} to {{ product_name }}", &data()).unwrap(),
+            "Welcome ADA to Payments"
+        );
+        assert_eq!(
+            render(
+                "{% if user_name %}Hi {{ user_name }}{% else %}Hi{% endif %}",
+                &data()
+            )
+            .unwrap(),
+            "Hi Ada"
+        );
+        assert_eq!(render("{{ missing | default('x') }}", &data()).unwrap(), "x");
+        assert_eq!(
+            render("{{ product_name | truncate(5, '.') }}", &data()).unwrap(),
+            "Paym."
+        );
+    }
+
+    #[test]
+    fn templates_that_would_hang_or_exhaust_memory_are_too_expensive() {
+        for source in [
+            "{% for a in 'x'*99999 %}{% for b in 'x'*99999 %}{% endfor %}{% endfor %}",
+            "{{ 'x' * 100000000 }}",
+            "{% set s='x'*99999999 %}{{ s~s~s~s~s~s~s~s }}",
+            "{{ 'x' * 10 }}",
+            "{% for a in user_name %}{{ 123456 }}{% endfor %}",
+        ] {
+            let refusal = render(source, &data()).unwrap_err();
+            assert_eq!(refusal.code(), "template_too_expensive", "{source}: {refusal}");
+        }
+        // Loops within the numbers allowed still run out of fuel, not time.
+        let nested = "{% for a in [1,2,3,4,5,6,7,8,9,10] %}".repeat(6) + &"{% endfor %}".repeat(6);
+        assert_eq!(
+            render(&nested, &data()).unwrap_err().code(),
+            "template_too_expensive"
+        );
+    }
+
+    #[test]
+    fn templates_that_cannot_render_are_invalid() {
+        for source in [
+            "Access to {{ product_name|tojson }}",
+            "Welcome {{ user_name | nosuchfilter }}",
+            "{% set a = 1 %}{{ a }}",
+            "{% macro m() %}x{% endmacro %}",
+            "{{ range(10) }}",
+            "{{ user_name",
+        ] {
+            let refusal = render(source, &data()).unwrap_err();
+            assert_eq!(refusal.code(), "invalid_template", "{source}: {refusal}");
+        }
+    }
+
+    #[test]
+    fn operators_inside_string_literals_are_only_text() {
+        assert_eq!(render("{{ 'a*b 99999' }} 5*5", &data()).unwrap(), "a*b 99999 5*5");
+    }
+}

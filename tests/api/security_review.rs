@@ -1,0 +1,287 @@
+//! The outside security review's findings, each as it was reproduced against the release binary.
+
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::smtp_server::{Behaviour, SmtpServer};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn put_subject(app: &TestApp, event: &str, subject: &str) -> Reply {
+    app.put(
+        "/settings/subjects",
+        &admin_token(),
+        &json!({"subjects": {event: subject}}),
+    )
+    .await
+}
+
+fn field_error(reply: &Reply, field: &str) -> String {
+    reply
+        .field_errors()
+        .into_iter()
+        .find(|(f, _)| f == field)
+        .unwrap_or_else(|| panic!("no error for {field}: {}", reply.text))
+        .1
+}
+
+/// Stores a subject the way an older version could have: straight into the settings table.
+fn store_subjects_directly(app: &TestApp, subjects: Value) {
+    let path = app.dir.path().join("mailroom.db");
+    let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    diesel::sql_query(
+        "INSERT INTO settings (key, value, version, updated_at, updated_by) VALUES ('subjects', ?, 1, 0, 'old-version') \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = settings.version + 1",
+    )
+    .bind::<diesel::sql_types::Text, _>(subjects.to_string())
+    .execute(&mut conn)
+    .unwrap();
+}
+
+#[tokio::test]
+async fn subjects_that_would_hang_or_exhaust_memory_are_refused_at_save_and_the_service_stays_up() {
+    let app = spawn_app().await;
+    for subject in [
+        "{% for a in 'x'*99999 %}{% for b in 'x'*99999 %}{% for c in 'x'*99999 %}{% endfor %}{% endfor %}{% endfor %}",
+        "{{ 'x' * 100000000 }}",
+        "{% set s='x'*99999999 %}{{ s~s~s~s~s~s~s~s }}",
+        "{% for a in user_name %}{% for b in user_name %}{% for c in user_name %}{{ a }}{% endfor %}{% endfor %}{% endfor %}",
+    ] {
+        let started = Instant::now();
+        let reply = put_subject(&app, "user_activated", subject).await;
+        assert_eq!(
+            field_error(&reply, "subjects.user_activated"),
+            "template_too_expensive",
+            "{subject}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{subject}");
+    }
+    // Nothing was stored, and notifications of that event still go through.
+    let subjects = app.get("/settings/subjects", &admin_token()).await.json();
+    assert!(subjects["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["is_default"] == true));
+    let reply = app
+        .notify(&json!({"event": "user_activated", "to": "ada@example.com", "data": {"user_name": "Ada"}}))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(app.get("/readyz", "").await.status, 200);
+}
+
+#[tokio::test]
+async fn subjects_that_save_but_cannot_render_are_refused_as_invalid_templates() {
+    let app = spawn_app().await;
+    for subject in [
+        "Access to {{ product_name|tojson }}",
+        "Welcome {{ user_name | nosuchfilter }}",
+    ] {
+        let reply = put_subject(&app, "access_request_approved", subject).await;
+        assert_eq!(
+            field_error(&reply, "subjects.access_request_approved"),
+            "invalid_template",
+            "{subject}"
+        );
+    }
+    // The filters a subject needs still work.
+    let reply = put_subject(
+        &app,
+        "access_request_approved",
+        "Access to {{ product_name | upper }}{% if user_name %} for {{ user_name }}{% endif %}",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+#[tokio::test]
+async fn a_stored_subject_that_cannot_render_fails_only_its_own_notifications() {
+    let app = spawn_app().await;
+    store_subjects_directly(
+        &app,
+        json!({"user_activated": "Welcome {{ user_name | nosuchfilter }}"}),
+    );
+    let broken = json!({"event": "user_activated", "to": "ada@example.com", "data": {"user_name": "Ada"}});
+    let fine = json!({"event": "user_deactivated", "to": "bob@example.com"});
+
+    let reply = app.notify(&broken).await;
+    let body = reply.problem(422, "validation_failed");
+    assert_eq!(body["errors"][0]["field"], "event", "{body}");
+    assert_eq!(body["errors"][0]["code"], "invalid_template", "{body}");
+
+    let batch = app
+        .post(
+            "/notifications/batch",
+            &admin_token(),
+            &json!({"notifications": [fine, broken, fine]}),
+        )
+        .await;
+    assert_eq!(batch.status, 200, "{}", batch.text);
+    let statuses: Vec<u64> = batch.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [202, 422, 202]);
+
+    // Concurrent good and broken posts: every good one is accepted.
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        let (client, url, body) = (
+            app.client.clone(),
+            app.url("/notifications"),
+            if i % 4 == 0 { broken.clone() } else { fine.clone() },
+        );
+        handles.push(tokio::spawn(async move {
+            let status = client
+                .post(url)
+                .bearer_auth(admin_token())
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            (i % 4 == 0, status)
+        }));
+    }
+    for h in handles {
+        let (is_broken, status) = h.await.unwrap();
+        assert_eq!(status, if is_broken { 422 } else { 202 });
+    }
+}
+
+#[tokio::test]
+async fn a_subject_that_renders_empty_goes_out_as_the_rendered_default() {
+    let app = spawn_app().await;
+    let reply = put_subject(&app, "access_request_approved", "{{ '' }}").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let accepted = app
+        .notify(
+            &json!({"event": "access_request_approved", "to": "ada@example.com",
+                        "data": {"product_name": "Payments"}}),
+        )
+        .await
+        .json();
+    assert_eq!(
+        accepted["subject"],
+        "Your access request for Payments was approved"
+    );
+}
+
+#[tokio::test]
+async fn rendered_subjects_are_cut_to_a_length_a_mail_header_can_carry() {
+    let app = spawn_app().await;
+    let long = "P".repeat(3000);
+    let accepted = app
+        .notify(
+            &json!({"event": "access_request_approved", "to": "ada@example.com",
+                        "data": {"product_name": long}}),
+        )
+        .await
+        .json();
+    let subject = accepted["subject"].as_str().unwrap();
+    assert!(subject.chars().count() <= 255, "{}", subject.len());
+    assert!(subject.ends_with('\u{2026}'));
+}
+
+#[tokio::test]
+async fn a_bare_cr_in_data_never_reaches_the_wire() {
+    let app = spawn_app().await;
+    let server = SmtpServer::start(Behaviour::default()).await;
+    app.use_smtp_server(server.port).await;
+    let reply = app
+        .notify(&json!({"event": "access_request_approved", "to": "ada@example.com",
+                        "data": {"product_name": "Pay", "user_name": "Ada\r.\rMAIL FROM:<evil@example.com>\r"}}))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let received = server.wait_for(1, WAIT).await;
+    let data = received[0].data.as_bytes();
+    for (i, b) in data.iter().enumerate() {
+        if *b == b'\r' {
+            assert_eq!(data.get(i + 1), Some(&b'\n'), "a bare CR at {i}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn address_literals_are_refused_at_the_api() {
+    let app = spawn_app().await;
+    let reply = app
+        .notify(&json!({"event": "user_deactivated", "to": "ada@[127.0.0.1]"}))
+        .await;
+    assert_eq!(field_error(&reply, "to"), "invalid_email");
+    let reply = app
+        .put_smtp(&json!({"host": "127.0.0.1", "port": 25, "security": "none",
+                         "from_address": "portal@[127.0.0.1]"}))
+        .await;
+    assert_eq!(field_error(&reply, "from_address"), "invalid_email");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_and_database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    let url = format!("sqlite://{}", data.join("mailroom.db").display());
+    let data_str = data.display().to_string();
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[("MAILROOM_DATABASE_URL", &url), ("MAILROOM_DATA_DIR", &data_str)],
+    )
+    .await
+    .unwrap();
+    // A write, so that the WAL exists.
+    app.put(
+        "/settings/admin-email",
+        &admin_token(),
+        &json!({"email": "ops@example.com"}),
+    )
+    .await;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(data.clone()), 0o700);
+    for file in ["mailroom.db", "mailroom.db-wal", "mailroom.db-shm"] {
+        assert_eq!(mode(data.join(file)), 0o600, "{file}");
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_that_no_page_handed_out_is_invalid_everywhere() {
+    let app = spawn_app().await;
+    for path in ["/notifications?cursor=garbage", "/settings/audit?cursor=garbage"] {
+        let reply = app.get(path, &admin_token()).await;
+        assert_eq!(field_error(&reply, "cursor"), "invalid_cursor", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_smtp_test_accepts_a_null_body_and_names_its_own_size_limit() {
+    let app = spawn_app().await;
+    let reply = app
+        .send(
+            app.client
+                .post(app.url("/settings/smtp/test"))
+                .bearer_auth(admin_token())
+                .header("content-type", "application/json")
+                .body("null"),
+        )
+        .await;
+    // Nothing is saved: the same answer as for no body at all.
+    reply.problem(409, "smtp_not_configured");
+    let reply = app
+        .send(
+            app.client
+                .post(app.url("/settings/smtp/test"))
+                .bearer_auth(admin_token())
+                .header("content-type", "application/json")
+                .body(vec![b' '; 300 * 1024]),
+        )
+        .await;
+    let body = reply.problem(413, "payload_too_large");
+    assert!(body["detail"].as_str().unwrap().contains("262144"), "{body}");
+}
