@@ -33,6 +33,9 @@ pub struct Event {
     pub default_ttl_seconds: i64,
 }
 
+/// The longest value a notification's data may give a variable, in characters.
+pub const MAX_VALUE_CHARS: usize = 10_000;
+
 /// Accepted by every event.
 pub const COMMON_VARIABLES: &[Variable] = &[opt("portal_name"), opt("portal_url")];
 

@@ -147,7 +147,7 @@ fn worker(config: Config) -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(async move {
         let state = mailroom::startup::AppState::build(config).await?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let dispatcher = tokio::spawn(state.dispatcher().run(stopped));
+        let dispatcher = tokio::spawn(mailroom::startup::dispatcher(&state).run(stopped));
         startup::shutdown_signal().await;
         tracing::info!("stopping: finishing messages in flight");
         let _ = stop.send(true);

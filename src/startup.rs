@@ -1,4 +1,5 @@
-//! `Application::build`: what `mailroom serve` and the tests both start.
+//! Composition: `Application::build` wires configuration, state, routes, middleware and the
+//! dispatcher together; what `mailroom serve` and the tests both start.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -17,72 +18,23 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::JwtVerifier;
 use crate::config::{Config, CorsOrigins};
-use crate::db::Db;
 use crate::error::{ApiError, PROBLEM_JSON};
-use crate::mail::MailContext;
-use crate::notifications::dispatcher::{Dispatcher, Signals};
-use crate::notifications::intake::Intake;
+use crate::extract;
+pub use crate::mail::install_crypto_provider;
+use crate::notifications::dispatcher::Dispatcher;
 use crate::routes::{self, RouteTable};
-use crate::secrets::{self, SecretCipher};
-use crate::settings::smtp_test::RateLimiter;
+use crate::secrets;
+pub use crate::state::AppState;
 
-/// Shared by every request handler and the dispatcher.
-pub struct AppState {
-    pub db: Db,
-    pub cipher: Arc<SecretCipher>,
-    pub config: Arc<Config>,
-    pub mail: MailContext,
-    pub signals: Arc<Signals>,
-    pub smtp_test_limiter: RateLimiter,
-    pub intake: Intake,
-}
-
-impl AppState {
-    /// Settings changed: the dispatcher re-reads them and releases held notifications at once.
-    pub fn settings_changed(&self) {
-        self.signals.settings.notify_one();
-    }
-
-    /// New work is queued.
-    pub fn wake_dispatcher(&self) {
-        self.signals.work.notify_one();
-    }
-
-    /// Opens the database (applying migrations) and loads keys and mail policy.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        install_crypto_provider();
-        let key = secrets::load_or_create_secret_key(&config)?;
-        let mail = MailContext::from_config(&config)?;
-        let url = config.database_url.clone();
-        let pool_size = config.db_pool_size;
-        let db = tokio::task::spawn_blocking(move || Db::connect(&url, pool_size))
-            .await
-            .context("database setup panicked")??;
-        Ok(Self {
-            intake: Intake::start(db.clone()),
-            db,
-            cipher: Arc::new(SecretCipher::new(&key)),
-            mail,
-            signals: Arc::new(Signals::default()),
-            smtp_test_limiter: RateLimiter::new(config.smtp_test_rate_per_minute),
-            config: Arc::new(config),
-        })
-    }
-
-    pub fn dispatcher(&self) -> Dispatcher {
-        Dispatcher::new(
-            self.db.clone(),
-            self.cipher.clone(),
-            self.mail.clone(),
-            self.config.delivery.clone(),
-            self.signals.clone(),
-        )
-    }
-}
-
-/// Installs ring as the one rustls crypto provider (idempotent).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// The delivery dispatcher for `state`'s database, keys, mail policy and signals.
+pub fn dispatcher(state: &AppState) -> Dispatcher {
+    Dispatcher::new(
+        state.db.clone(),
+        state.cipher.clone(),
+        state.mail.clone(),
+        state.config.delivery.clone(),
+        state.signals.clone(),
+    )
 }
 
 /// The HS256 secret and verifier; generates the secret file on first start when nothing is set.
@@ -138,7 +90,7 @@ impl Application {
             .config
             .delivery
             .enabled
-            .then(|| tokio::spawn(self.state.dispatcher().run(stopped)));
+            .then(|| tokio::spawn(dispatcher(&self.state).run(stopped)));
         let handle = self.server.handle();
         let on_signal = stop.clone();
         let signals = tokio::spawn(async move {
@@ -213,7 +165,7 @@ fn problem_safety_net<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHand
         },
         404 => ApiError::NotFound(format!("no resource at {}", res.request().path())),
         413 => ApiError::PayloadTooLarge {
-            limit: routes::body_limit(res.request().path()),
+            limit: extract::body_limit(res.request().path()),
         },
         415 => ApiError::UnsupportedMediaType("unsupported content type".into()),
         _ if status.is_server_error() => ApiError::Internal(anyhow::anyhow!("unhandled {status} response")),
@@ -253,10 +205,10 @@ fn run(
             .app_data(state.clone())
             .app_data(verifier.clone())
             .app_data(route_table.clone())
-            .app_data(routes::json_config())
-            .app_data(routes::payload_config())
-            .app_data(routes::query_config())
-            .app_data(routes::path_config())
+            .app_data(extract::json_config())
+            .app_data(extract::payload_config())
+            .app_data(extract::query_config())
+            .app_data(extract::path_config())
             .into_utoipa_app()
             .openapi(crate::openapi::base())
             .configure(routes::api)

@@ -1,10 +1,8 @@
-//! Building the MIME message for a notification: From and Reply-To from the current settings,
-//! the rest as rendered at accept time.
+//! Building the MIME message for a notification: the sender's From and Reply-To, the rest as
+//! rendered at accept time.
 
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
-
-use crate::settings::smtp::SmtpSettings;
 
 /// Header text on one line: runs of control characters (CR, LF, tabs) become one space. Used for
 /// rendered subjects, and again when building a message as the second line of defence (lettre
@@ -27,18 +25,16 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// None while no `from_address` is configured: nothing is sent without one.
-    pub fn from_settings(settings: &SmtpSettings) -> Option<Self> {
-        let address: Address = settings.from_address.as_deref()?.parse().ok()?;
+    /// None when `from_address` is not an address: nothing is sent without one.
+    pub fn new(from_address: &str, from_name: Option<&str>, reply_to: Option<&str>) -> Option<Self> {
+        let address: Address = from_address.parse().ok()?;
         // Message-IDs are ASCII: an internationalised domain goes in as its A-label (punycode).
         let domain = idna::domain_to_ascii(address.domain()).unwrap_or_else(|_| address.domain().to_string());
-        let reply_to = settings
-            .reply_to
-            .as_deref()
+        let reply_to = reply_to
             .and_then(|r| r.parse::<Address>().ok())
             .map(|a| Mailbox::new(None, a));
         Some(Self {
-            from: Mailbox::new(settings.from_name.as_deref().map(one_line), address),
+            from: Mailbox::new(from_name.map(one_line), address),
             reply_to,
             domain,
         })
@@ -109,27 +105,19 @@ pub fn build(sender: &Sender, content: &Content<'_>) -> anyhow::Result<Message> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::smtp::Security;
 
-    fn settings() -> SmtpSettings {
-        SmtpSettings {
-            host: "smtp.example.com".into(),
-            port: 587,
-            security: Security::Starttls,
-            username: None,
-            password: None,
-            from_address: Some("portal@example.com".into()),
-            from_name: Some("Developer Portal".into()),
-            reply_to: Some("support@example.com".into()),
-            timeout_seconds: 10,
-            tls_verify: true,
-            allow_insecure_auth: false,
-        }
+    fn sender() -> Sender {
+        Sender::new(
+            "portal@example.com",
+            Some("Developer Portal"),
+            Some("support@example.com"),
+        )
+        .unwrap()
     }
 
     #[test]
     fn a_name_with_line_breaks_cannot_add_a_header() {
-        let sender = Sender::from_settings(&settings()).unwrap();
+        let sender = sender();
         let message = build(
             &sender,
             &Content {
@@ -153,7 +141,7 @@ mod tests {
 
     #[test]
     fn no_bare_cr_or_lf_reaches_the_wire() {
-        let sender = Sender::from_settings(&settings()).unwrap();
+        let sender = sender();
         let message = build(
             &sender,
             &Content {
@@ -179,9 +167,7 @@ mod tests {
 
     #[test]
     fn an_internationalised_from_domain_is_punycode_in_the_message_id() {
-        let mut s = settings();
-        s.from_address = Some("portal@bücher.example".into());
-        let sender = Sender::from_settings(&s).unwrap();
+        let sender = Sender::new("portal@bücher.example", None, None).unwrap();
         assert_eq!(sender.message_id("n1"), "<n1@xn--bcher-kva.example>");
         let message = build(
             &sender,
@@ -200,9 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn no_sender_without_a_from_address() {
-        let mut s = settings();
-        s.from_address = None;
-        assert!(Sender::from_settings(&s).is_none());
+    fn no_sender_without_a_valid_from_address() {
+        assert!(Sender::new("not an address", None, None).is_none());
     }
 }

@@ -1,10 +1,11 @@
-//! Talking SMTP: where mail may go, the transport built from settings, and the messages sent.
+//! Talking SMTP: where mail may go, how a session is opened, the test of a server, and the
+//! messages sent. Knows nothing of settings storage: callers describe the transport.
 
 pub mod message;
 pub mod probe;
 pub mod transport;
 
-pub use transport::{MailContext, SmtpTarget};
+pub use transport::{MailContext, Security, SmtpTarget};
 
 /// Replaces every secret in `text` (a server reply or an error) with `[redacted]`; a server may
 /// echo what it was sent.
@@ -14,4 +15,9 @@ pub fn redact(text: &str, secrets: &[String]) -> String {
         out = out.replace(s.as_str(), "[redacted]");
     }
     out
+}
+
+/// Installs ring as the one rustls crypto provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -2,12 +2,13 @@
 //! same TLS parameters, HELO name, credentials and timeouts as delivery, and says exactly which
 //! step failed, with a stable code and, where a likely fix is known, a hint.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lettre::transport::smtp::authentication::Mechanism;
-use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
-use lettre::transport::smtp::extension::Extension;
+use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::Address;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -15,8 +16,9 @@ use tokio::net::TcpStream;
 use utoipa::ToSchema;
 
 use super::message::{self, Content, Sender};
-use super::transport::{connect_tcp, resolve_checked, HostRefused, MailContext, SmtpStream, SmtpTarget};
-use crate::settings::smtp::Security;
+use super::transport::{
+    connect_tcp, resolve_checked, HostRefused, MailContext, Security, SmtpStream, SmtpTarget,
+};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ServerInfo {
@@ -279,12 +281,34 @@ pub async fn run(ctx: &MailContext, req: ProbeRequest<'_>) -> TestReport {
     }
 }
 
+/// The steps in order, as far as they get; Ok(true) when a test message was accepted.
 async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> StepResult<bool> {
     let t = req.target;
+    let addrs = resolve_step(ctx, run, t).await?;
+    let (tcp, peer) = connect_step(run, t, &addrs).await?;
+    let tls_params = t
+        .tls_parameters(ctx)
+        .map_err(|e| error("tls_failed", "tls", format!("TLS cannot be set up: {e}"), None))?;
+    let (stream, greeting) = open_step(run, t, tcp, peer, &tls_params).await?;
+    let client_id = ctx.client_id();
+    let mut conn = ehlo_step(run, t, stream, greeting, &client_id).await?;
+    if t.security == Security::Starttls {
+        starttls_step(run, t, &mut conn, &tls_params, &client_id).await?;
+    }
+    if let Some(credentials) = t.credentials() {
+        auth_step(run, t, &mut conn, &credentials).await?;
+    }
+    let (Some(sender), Some(to)) = (req.sender, req.to) else {
+        let _ = with_timeout(t.timeout, conn.quit()).await;
+        return Ok(false);
+    };
+    send_step(run, t, &mut conn, sender, to).await
+}
+
+/// `resolve`: DNS, with the host policy applied to every address.
+async fn resolve_step(ctx: &MailContext, run: &mut Run<'_>, t: &SmtpTarget) -> StepResult<Vec<SocketAddr>> {
     let limit = t.timeout;
     let secs = limit.as_secs();
-
-    // resolve
     let at = Instant::now();
     let addrs = match with_timeout(limit, resolve_checked(ctx, &t.host, t.port)).await {
         None => {
@@ -336,12 +360,21 @@ async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> 
         format!("{} -> {}", t.host, list.join(", ")),
         None,
     );
+    Ok(addrs)
+}
 
-    // connect: each address in turn, as a client library would
+/// `connect`: each address in turn, as a client library would.
+async fn connect_step(
+    run: &mut Run<'_>,
+    t: &SmtpTarget,
+    addrs: &[SocketAddr],
+) -> StepResult<(TcpStream, SocketAddr)> {
+    let limit = t.timeout;
+    let secs = limit.as_secs();
     let at = Instant::now();
     let mut last_error = None;
     let mut tcp = None;
-    for addr in &addrs {
+    for addr in addrs {
         match connect_tcp(*addr, limit).await {
             Ok(s) => {
                 tcp = Some((s, *addr));
@@ -390,12 +423,19 @@ async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> 
         });
     };
     run.record("connect", at, true, format!("connected to {peer}"), None);
+    Ok((tcp, peer))
+}
 
-    let tls_params = t
-        .tls_parameters(ctx)
-        .map_err(|e| error("tls_failed", "tls", format!("TLS cannot be set up: {e}"), None))?;
-
-    // tls (implicit) or greeting
+/// `tls` (implicit TLS) or `greeting` (plain and STARTTLS): the stream and the greeting read.
+async fn open_step(
+    run: &mut Run<'_>,
+    t: &SmtpTarget,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls_params: &TlsParameters,
+) -> StepResult<(SmtpStream, Vec<u8>)> {
+    let limit = t.timeout;
+    let secs = limit.as_secs();
     let mut greeting = Vec::new();
     let stream: SmtpStream = if t.security == Security::Tls {
         let at = Instant::now();
@@ -454,14 +494,24 @@ async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> 
         }
         SmtpStream::plain(tcp, peer)
     };
+    Ok((stream, greeting))
+}
 
-    // ehlo (lettre reads the greeting again from the replay buffer, then says EHLO)
+/// `ehlo`: lettre reads the greeting again from the replay buffer, then says EHLO.
+async fn ehlo_step(
+    run: &mut Run<'_>,
+    t: &SmtpTarget,
+    stream: SmtpStream,
+    greeting: Vec<u8>,
+    client_id: &ClientId,
+) -> StepResult<AsyncSmtpConnection> {
+    let limit = t.timeout;
+    let secs = limit.as_secs();
     let at = Instant::now();
     let stream = stream.with_replay(greeting);
-    let client_id = ctx.client_id();
-    let mut conn = match with_timeout(
+    let conn = match with_timeout(
         limit,
-        AsyncSmtpConnection::connect_with_transport(Box::new(stream), &client_id),
+        AsyncSmtpConnection::connect_with_transport(Box::new(stream), client_id),
     )
     .await
     {
@@ -481,136 +531,160 @@ async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> 
         Some(Ok(c)) => c,
     };
     run.record("ehlo", at, true, conn.server_info().to_string(), Some(250));
+    Ok(conn)
+}
 
-    // starttls
-    if t.security == Security::Starttls {
-        let at = Instant::now();
-        if !conn.server_info().supports_feature(Extension::StartTls) {
-            run.record(
-                "starttls",
-                at,
-                false,
-                "STARTTLS is not among the advertised extensions".into(),
-                None,
-            );
-            let hint = if t.port == 465 {
-                "port 465 normally expects implicit TLS: try \"security\": \"tls\"".to_string()
-            } else {
-                "use \"security\": \"tls\" if the server offers implicit TLS (usually port 465), or ask its administrator to enable STARTTLS".to_string()
-            };
-            return Err(error(
-                "starttls_unsupported",
-                "starttls",
-                format!("{} does not offer STARTTLS on port {}", t.host, t.port),
-                Some(hint),
-            ));
-        }
-        match with_timeout(limit, conn.starttls(tls_params.clone(), &client_id)).await {
-            None => {
-                run.record("starttls", at, false, format!("no answer within {secs} s"), None);
-                return Err(error(
-                    "timeout",
-                    "starttls",
-                    format!("STARTTLS did not complete within {secs} s"),
-                    None,
-                ));
-            }
-            Some(Err(e)) => {
-                let text = error_chain(&e);
-                run.record("starttls", at, false, text.clone(), e.status().map(u16::from));
-                return Err(if e.status().is_some() {
-                    run.smtp_error("starttls", &e, "tls_failed", "STARTTLS")
-                } else {
-                    run.tls_error("starttls", &text)
-                });
-            }
-            Some(Ok(())) => run.record(
-                "starttls",
-                at,
-                true,
-                format!("TLS established; server: {}", conn.server_info()),
-                Some(220),
-            ),
-        }
-    }
-
-    // auth
-    if let Some(credentials) = t.credentials() {
-        let at = Instant::now();
-        let mechanisms = [Mechanism::Plain, Mechanism::Login];
-        let Some(mechanism) = conn.server_info().get_auth_mechanism(&mechanisms) else {
-            run.record(
-                "auth",
-                at,
-                false,
-                "no PLAIN or LOGIN among the advertised extensions".into(),
-                None,
-            );
-            let hint = if t.security == Security::None {
-                "servers often offer AUTH only after STARTTLS: use \"security\": \"starttls\" (port 587) or \"tls\" (port 465)".to_string()
-            } else {
-                "the server offers no password authentication here; leave username empty if it relays without AUTH".to_string()
-            };
-            return Err(error(
-                "auth_unsupported",
-                "auth",
-                format!("{} offers no AUTH PLAIN or LOGIN", t.host),
-                Some(hint),
-            ));
+/// `starttls`: offered, and completed with verified TLS.
+async fn starttls_step(
+    run: &mut Run<'_>,
+    t: &SmtpTarget,
+    conn: &mut AsyncSmtpConnection,
+    tls_params: &TlsParameters,
+    client_id: &ClientId,
+) -> StepResult<()> {
+    let limit = t.timeout;
+    let secs = limit.as_secs();
+    let at = Instant::now();
+    if !conn.server_info().supports_feature(Extension::StartTls) {
+        run.record(
+            "starttls",
+            at,
+            false,
+            "STARTTLS is not among the advertised extensions".into(),
+            None,
+        );
+        let hint = if t.port == 465 {
+            "port 465 normally expects implicit TLS: try \"security\": \"tls\"".to_string()
+        } else {
+            "use \"security\": \"tls\" if the server offers implicit TLS (usually port 465), or ask its administrator to enable STARTTLS".to_string()
         };
-        match with_timeout(limit, conn.auth(&[mechanism], &credentials)).await {
-            None => {
-                run.record("auth", at, false, format!("no answer within {secs} s"), None);
-                return Err(error(
-                    "timeout",
-                    "auth",
-                    format!("AUTH got no answer within {secs} s"),
-                    None,
-                ));
-            }
-            Some(Err(e)) => {
-                let code = e.status().map(u16::from);
-                run.record(
-                    "auth",
-                    at,
-                    false,
-                    format!("AUTH {mechanism} rejected: {}", error_chain(&e)),
-                    code,
-                );
-                if e.is_timeout() || e.is_tls() {
-                    return Err(run.smtp_error("auth", &e, "auth_failed", "AUTH"));
-                }
-                let host = t.host.to_ascii_lowercase();
-                let hint = if APP_PASSWORD_PROVIDERS.iter().any(|p| host.contains(p)) {
-                    "this provider rejects account passwords over SMTP: create an app password (with two-factor authentication on) and use it as the password".to_string()
-                } else if code == Some(535) {
-                    "check the username and password; some providers require an app password or enabling SMTP AUTH for the account".to_string()
-                } else {
-                    "check the username and password".to_string()
-                };
-                let mut err = run.smtp_error("auth", &e, "auth_failed", &format!("AUTH {mechanism}"));
-                err.code = "auth_failed";
-                err.hint = Some(hint);
-                return Err(err);
-            }
-            Some(Ok(response)) => run.record(
+        return Err(error(
+            "starttls_unsupported",
+            "starttls",
+            format!("{} does not offer STARTTLS on port {}", t.host, t.port),
+            Some(hint),
+        ));
+    }
+    match with_timeout(limit, conn.starttls(tls_params.clone(), client_id)).await {
+        None => {
+            run.record("starttls", at, false, format!("no answer within {secs} s"), None);
+            return Err(error(
+                "timeout",
+                "starttls",
+                format!("STARTTLS did not complete within {secs} s"),
+                None,
+            ));
+        }
+        Some(Err(e)) => {
+            let text = error_chain(&e);
+            run.record("starttls", at, false, text.clone(), e.status().map(u16::from));
+            return Err(if e.status().is_some() {
+                run.smtp_error("starttls", &e, "tls_failed", "STARTTLS")
+            } else {
+                run.tls_error("starttls", &text)
+            });
+        }
+        Some(Ok(())) => run.record(
+            "starttls",
+            at,
+            true,
+            format!("TLS established; server: {}", conn.server_info()),
+            Some(220),
+        ),
+    }
+    Ok(())
+}
+
+/// `auth`: PLAIN or LOGIN, as offered.
+async fn auth_step(
+    run: &mut Run<'_>,
+    t: &SmtpTarget,
+    conn: &mut AsyncSmtpConnection,
+    credentials: &Credentials,
+) -> StepResult<()> {
+    let limit = t.timeout;
+    let secs = limit.as_secs();
+    let at = Instant::now();
+    let mechanisms = [Mechanism::Plain, Mechanism::Login];
+    let Some(mechanism) = conn.server_info().get_auth_mechanism(&mechanisms) else {
+        run.record(
+            "auth",
+            at,
+            false,
+            "no PLAIN or LOGIN among the advertised extensions".into(),
+            None,
+        );
+        let hint = if t.security == Security::None {
+            "servers often offer AUTH only after STARTTLS: use \"security\": \"starttls\" (port 587) or \"tls\" (port 465)".to_string()
+        } else {
+            "the server offers no password authentication here; leave username empty if it relays without AUTH".to_string()
+        };
+        return Err(error(
+            "auth_unsupported",
+            "auth",
+            format!("{} offers no AUTH PLAIN or LOGIN", t.host),
+            Some(hint),
+        ));
+    };
+    match with_timeout(limit, conn.auth(&[mechanism], credentials)).await {
+        None => {
+            run.record("auth", at, false, format!("no answer within {secs} s"), None);
+            return Err(error(
+                "timeout",
+                "auth",
+                format!("AUTH got no answer within {secs} s"),
+                None,
+            ));
+        }
+        Some(Err(e)) => {
+            let code = e.status().map(u16::from);
+            run.record(
                 "auth",
                 at,
-                true,
-                format!(
-                    "AUTH {mechanism} accepted for {}",
-                    t.username.as_deref().unwrap_or("")
-                ),
-                Some(u16::from(response.code())),
-            ),
+                false,
+                format!("AUTH {mechanism} rejected: {}", error_chain(&e)),
+                code,
+            );
+            if e.is_timeout() || e.is_tls() {
+                return Err(run.smtp_error("auth", &e, "auth_failed", "AUTH"));
+            }
+            let host = t.host.to_ascii_lowercase();
+            let hint = if APP_PASSWORD_PROVIDERS.iter().any(|p| host.contains(p)) {
+                "this provider rejects account passwords over SMTP: create an app password (with two-factor authentication on) and use it as the password".to_string()
+            } else if code == Some(535) {
+                "check the username and password; some providers require an app password or enabling SMTP AUTH for the account".to_string()
+            } else {
+                "check the username and password".to_string()
+            };
+            let mut err = run.smtp_error("auth", &e, "auth_failed", &format!("AUTH {mechanism}"));
+            err.code = "auth_failed";
+            err.hint = Some(hint);
+            return Err(err);
         }
+        Some(Ok(response)) => run.record(
+            "auth",
+            at,
+            true,
+            format!(
+                "AUTH {mechanism} accepted for {}",
+                t.username.as_deref().unwrap_or("")
+            ),
+            Some(u16::from(response.code())),
+        ),
     }
+    Ok(())
+}
 
-    // the envelope and a real message
-    let (Some(sender), Some(to)) = (req.sender, req.to) else {
-        let _ = with_timeout(limit, conn.quit()).await;
-        return Ok(false);
-    };
+/// `mail_from`, `rcpt_to` and `data`: a real test message.
+async fn send_step(
+    run: &mut Run<'_>,
+    t: &SmtpTarget,
+    conn: &mut AsyncSmtpConnection,
+    sender: &Sender,
+    to: &Address,
+) -> StepResult<bool> {
+    let limit = t.timeout;
+    let secs = limit.as_secs();
     let from = sender.from.email.clone();
     let envelope: [(&'static str, &'static str); 2] = [
         ("mail_from", "sender_rejected"),

@@ -6,10 +6,13 @@
 #![allow(deprecated)]
 
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+use utoipa::ToSchema;
 
 use anyhow::Context;
 use lettre::transport::smtp::authentication::Credentials;
@@ -24,8 +27,6 @@ use tokio::net::TcpStream;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::config::Config;
-use crate::secrets::SecretCipher;
-use crate::settings::smtp::{Security, SmtpSettings, PASSWORD_PURPOSE};
 
 /// Process-wide SMTP policy from the configuration, loaded once at start.
 #[derive(Debug, Clone, Default)]
@@ -314,7 +315,47 @@ pub enum ConnectError {
     Timeout { step: &'static str, secs: u64 },
 }
 
-/// Everything needed to open an SMTP session, resolved from settings (password decrypted).
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Plain SMTP, no TLS.
+    None,
+    /// Plain connection upgraded with STARTTLS (usually port 587); refused if the server does not offer it.
+    Starttls,
+    /// Implicit TLS from the first byte (usually port 465).
+    Tls,
+}
+
+impl Security {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Starttls => "starttls",
+            Self::Tls => "tls",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "starttls" => Some(Self::Starttls),
+            "tls" => Some(Self::Tls),
+            _ => None,
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::None => 25,
+            Self::Starttls => 587,
+            Self::Tls => 465,
+        }
+    }
+}
+
+/// Everything needed to open an SMTP session (password unsealed). Built by the settings that
+/// describe it; this module knows nothing of how they are stored.
 pub struct SmtpTarget {
     pub host: String,
     pub port: u16,
@@ -326,29 +367,6 @@ pub struct SmtpTarget {
 }
 
 impl SmtpTarget {
-    /// The target for saved settings, with their password decrypted.
-    pub fn from_settings(settings: &SmtpSettings, cipher: &SecretCipher) -> anyhow::Result<Self> {
-        let password = settings
-            .password
-            .as_deref()
-            .map(|sealed| cipher.decrypt(PASSWORD_PURPOSE, sealed))
-            .transpose()?;
-        Ok(Self::with_password(settings, password))
-    }
-
-    /// The target for `settings` with a password already in hand (a draft being tested).
-    pub fn with_password(settings: &SmtpSettings, password: Option<SecretString>) -> Self {
-        Self {
-            host: settings.host.clone(),
-            port: settings.port,
-            security: settings.security,
-            username: settings.username.clone(),
-            password,
-            timeout: Duration::from_secs(settings.timeout_seconds.into()),
-            tls_verify: settings.tls_verify,
-        }
-    }
-
     /// The password and its base64 forms (as AUTH PLAIN and LOGIN send them), for redaction.
     pub fn secret_forms(&self) -> Vec<String> {
         use base64::Engine;

@@ -12,12 +12,12 @@ use super::store::{self, NotificationRow, Status};
 use crate::db::{millis_to_datetime, DbConnection};
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, Event, Recipient};
-use crate::settings::{admin_email, smtp, subjects};
+use crate::settings::subjects;
 use crate::validation::{check_email, check_header_text, Errors, Field};
 
 /// Longest lifetime a caller may ask for.
 const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
-pub const MAX_VALUE_CHARS: usize = 10_000;
+use crate::events::MAX_VALUE_CHARS;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// `POST /notifications` body (and each item of a batch).
@@ -120,6 +120,72 @@ fn is_http_url(s: &str) -> bool {
     (s.starts_with("https://") || s.starts_with("http://")) && s.validate_url()
 }
 
+/// Checks an event's data: only its variables, scalar values within length, URLs and addresses
+/// where the name says so, and every required variable present.
+fn check_data(
+    errors: &mut Errors,
+    data_field: &str,
+    event: &Event,
+    data: &serde_json::Map<String, serde_json::Value>,
+) {
+    let mut keys: Vec<_> = data.keys().cloned().collect();
+    keys.sort();
+    for key in keys {
+        let field = format!("{data_field}.{key}");
+        if !event.has_variable(&key) {
+            let allowed: Vec<&str> = event.all_variables().map(|v| v.name).collect();
+            errors.add(
+                &field,
+                "unknown_variable",
+                format!(
+                    "{} has no variable {key}; it accepts: {}",
+                    event.name,
+                    allowed.join(", ")
+                ),
+            );
+            continue;
+        }
+        match &data[&key] {
+            serde_json::Value::String(s) => {
+                if s.chars().count() > MAX_VALUE_CHARS {
+                    errors.add(
+                        &field,
+                        "too_long",
+                        format!("{field} must be at most {MAX_VALUE_CHARS} characters"),
+                    );
+                } else if key.ends_with("_url") && !is_http_url(s) {
+                    errors.add(
+                        &field,
+                        "invalid_url",
+                        format!("{field} must be an http:// or https:// URL"),
+                    );
+                } else if key.ends_with("_email") {
+                    check_email(errors, &field, s);
+                }
+            }
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_)
+                if !key.ends_with("_url") && !key.ends_with("_email") => {}
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                errors.add(&field, "invalid_type", format!("{field} must be a string"));
+            }
+            _ => errors.add(
+                &field,
+                "not_scalar",
+                format!("{field} must be a string, number or boolean"),
+            ),
+        }
+    }
+    for var in event.variables.iter().filter(|v| v.required) {
+        if !data.contains_key(var.name) {
+            errors.add(
+                format!("{data_field}.{}", var.name),
+                "required",
+                format!("{} requires {}", event.name, var.name),
+            );
+        }
+    }
+}
+
 /// Validates one request; field names are prefixed with `prefix` (batch items: `notifications[3].`).
 pub fn validate(
     req: NotificationRequest,
@@ -169,62 +235,7 @@ pub fn validate(
         .unwrap_or_default();
     data.retain(|_, v| !v.is_null());
     if let Some(event) = event {
-        let mut keys: Vec<_> = data.keys().cloned().collect();
-        keys.sort();
-        for key in keys {
-            let field = format!("{data_field}.{key}");
-            if !event.has_variable(&key) {
-                let allowed: Vec<&str> = event.all_variables().map(|v| v.name).collect();
-                errors.add(
-                    &field,
-                    "unknown_variable",
-                    format!(
-                        "{} has no variable {key}; it accepts: {}",
-                        event.name,
-                        allowed.join(", ")
-                    ),
-                );
-                continue;
-            }
-            match &data[&key] {
-                serde_json::Value::String(s) => {
-                    if s.chars().count() > MAX_VALUE_CHARS {
-                        errors.add(
-                            &field,
-                            "too_long",
-                            format!("{field} must be at most {MAX_VALUE_CHARS} characters"),
-                        );
-                    } else if key.ends_with("_url") && !is_http_url(s) {
-                        errors.add(
-                            &field,
-                            "invalid_url",
-                            format!("{field} must be an http:// or https:// URL"),
-                        );
-                    } else if key.ends_with("_email") {
-                        check_email(&mut errors, &field, s);
-                    }
-                }
-                serde_json::Value::Number(_) | serde_json::Value::Bool(_)
-                    if !key.ends_with("_url") && !key.ends_with("_email") => {}
-                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-                    errors.add(&field, "invalid_type", format!("{field} must be a string"));
-                }
-                _ => errors.add(
-                    &field,
-                    "not_scalar",
-                    format!("{field} must be a string, number or boolean"),
-                ),
-            }
-        }
-        for var in event.variables.iter().filter(|v| v.required) {
-            if !data.contains_key(var.name) {
-                errors.add(
-                    format!("{data_field}.{}", var.name),
-                    "required",
-                    format!("{} requires {}", event.name, var.name),
-                );
-            }
-        }
+        check_data(&mut errors, &data_field, event, &data);
     }
 
     let expires_at = match errors.optional(&f("expires_at"), req.expires_at, "an RFC 3339 date-time") {
@@ -284,35 +295,7 @@ pub fn validate(
     })
 }
 
-/// The settings that decide rendering and whether a notification can go out now; read once per
-/// request (or batch) in the accepting transaction.
-pub struct AcceptContext {
-    /// Why nothing can be sent at all right now.
-    blocked: Option<String>,
-    admin_email: Option<String>,
-}
-
-pub fn not_deliverable_reason(smtp: Option<&smtp::SmtpSettings>) -> Option<String> {
-    match smtp {
-        None => Some("SMTP is not configured yet (PUT /settings/smtp)".into()),
-        Some(s) if s.from_address.is_none() => {
-            Some("no default From address is configured (from_address in PUT /settings/smtp)".into())
-        }
-        Some(_) => None,
-    }
-}
-
-pub const NO_ADMIN_EMAIL: &str = "no admin address is configured (PUT /settings/admin-email)";
-
-impl AcceptContext {
-    pub fn load(conn: &mut DbConnection) -> Result<Self, ApiError> {
-        let smtp = smtp::load(conn)?;
-        Ok(Self {
-            blocked: not_deliverable_reason(smtp.as_ref().map(|s| &s.value)),
-            admin_email: admin_email::load(conn)?,
-        })
-    }
-}
+pub use super::routing::Deliverability as AcceptContext;
 
 /// The outcome of accepting one request.
 pub enum Acceptance {
@@ -342,11 +325,8 @@ pub fn prepare(
             v.event.name
         ))
     })?;
-    let recipient = v.to.clone().or_else(|| ctx.admin_email.clone());
-    let held_reason = ctx
-        .blocked
-        .clone()
-        .or_else(|| recipient.is_none().then(|| NO_ADMIN_EMAIL.to_string()));
+    let recipient = ctx.recipient(v.to.as_deref());
+    let held_reason = ctx.held_reason(recipient.as_deref());
     let status = if held_reason.is_some() {
         Status::Held
     } else {

@@ -11,8 +11,8 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
-use super::accept::{not_deliverable_reason, NO_ADMIN_EMAIL};
-use super::store::{self, Claimed, Deliverability, Outcome, Recorded};
+use super::routing::{not_deliverable_reason, Deliverability, NO_ADMIN_EMAIL};
+use super::store::{self, Claimed, Outcome, Recorded};
 use crate::config::DeliveryConfig;
 use crate::db::{now_millis, Db};
 use crate::error::ApiError;
@@ -325,8 +325,9 @@ impl Dispatcher {
         stored: &crate::settings::store::Stored<smtp::SmtpSettings>,
     ) -> Result<Route, String> {
         let settings = &stored.value;
-        let sender = Sender::from_settings(settings).ok_or("no default From address is configured")?;
-        let target = SmtpTarget::from_settings(settings, &self.cipher).map_err(|e| format!("{e:#}"))?;
+        let sender = settings.sender().ok_or("no default From address is configured")?;
+        let password = settings.unseal_password(&self.cipher).map_err(|e| e.chain())?;
+        let target = settings.target(password);
         // A DNS failure may be temporary: keep trying to send; each attempt reports it.
         if let Ok(Err(refused)) = resolve_checked(&self.mail, &target.host, target.port).await {
             return Err(format!("refusing to connect: {refused}"));
@@ -611,7 +612,7 @@ mod tests {
         let target = SmtpTarget {
             host: "h".into(),
             port: 25,
-            security: crate::settings::smtp::Security::None,
+            security: crate::mail::Security::None,
             username: Some("user".into()),
             password: Some(SecretString::from("hunter2".to_string())),
             timeout: Duration::from_secs(1),

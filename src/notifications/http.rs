@@ -16,7 +16,7 @@ use crate::auth::Authorized;
 use crate::db::schema::{notification_attempts, notifications};
 use crate::db::{millis_to_datetime, now_millis};
 use crate::error::{ApiError, FieldError, Problem};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::validation::{Field, Object};
 
 pub const MAX_BATCH: usize = 1000;

@@ -5,4 +5,5 @@ pub mod dispatcher;
 pub mod http;
 pub mod intake;
 pub mod render;
+pub mod routing;
 pub mod store;

@@ -7,6 +7,7 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 
+use super::routing::{Deliverability, NO_ADMIN_EMAIL};
 use crate::db::schema::{idempotency_keys, notification_attempts, notifications};
 use crate::db::DbConnection;
 use crate::error::ApiError;
@@ -505,13 +506,6 @@ pub fn record(
     })
 }
 
-/// Whether the current settings allow sending, and to whom admin events go.
-pub struct Deliverability {
-    /// None when mail can go out; else why it is held.
-    pub blocked: Option<String>,
-    pub admin_email: Option<String>,
-}
-
 /// Periodic housekeeping: expire what is overdue, requeue abandoned leases, and move notifications
 /// between `held` and `queued` as the settings allow. Returns how many rows became queued.
 pub fn maintain(
@@ -577,17 +571,13 @@ pub fn maintain(
                 if d.admin_email.is_none() {
                     diesel::update(
                         notifications.filter(
-                            status.eq(Status::Held.as_str()).and(recipient.is_null()).and(
-                                status_reason
-                                    .is_null()
-                                    .or(status_reason.ne(super::accept::NO_ADMIN_EMAIL)),
-                            ),
+                            status
+                                .eq(Status::Held.as_str())
+                                .and(recipient.is_null())
+                                .and(status_reason.is_null().or(status_reason.ne(NO_ADMIN_EMAIL))),
                         ),
                     )
-                    .set((
-                        status_reason.eq(super::accept::NO_ADMIN_EMAIL),
-                        updated_at.eq(now),
-                    ))
+                    .set((status_reason.eq(NO_ADMIN_EMAIL), updated_at.eq(now)))
                     .execute(conn)?;
                 }
                 if let Some(admin) = &d.admin_email {

@@ -11,7 +11,7 @@ use crate::auth::Authorized;
 use crate::db::millis_to_datetime;
 use crate::db::schema::audit_log;
 use crate::error::{ApiError, Problem};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

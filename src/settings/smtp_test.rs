@@ -1,71 +1,17 @@
 //! `POST /settings/smtp/test`: probe saved or draft SMTP settings, optionally sending a message.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::smtp::{self, PasswordSource, SmtpSettingsInput, PASSWORD_PURPOSE};
+use super::smtp::{self, SmtpSettingsInput};
 use super::store;
 use crate::auth::scope::SmtpTest;
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
-use crate::mail::message::Sender;
 use crate::mail::probe::{self, ProbeRequest, TestReport};
-use crate::mail::SmtpTarget;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::validation::{check_email, Errors, Field, Object};
-
-/// Sliding-window limit per token subject.
-pub struct RateLimiter {
-    per_minute: usize,
-    window: Duration,
-    hits: Mutex<HashMap<String, VecDeque<Instant>>>,
-}
-
-impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
-        Self::with_window(per_minute, Duration::from_secs(60))
-    }
-
-    fn with_window(per_minute: u32, window: Duration) -> Self {
-        Self {
-            per_minute: per_minute as usize,
-            window,
-            hits: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts a call; Err(seconds to wait) when over the limit.
-    pub fn check(&self, key: &str) -> Result<(), u64> {
-        let now = Instant::now();
-        let window = self.window;
-        let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget subjects whose calls have all left the window, so memory follows the number of
-        // recent callers, not of every token subject ever seen.
-        if hits.len() >= 64 {
-            hits.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
-        }
-        let q = hits.entry(key.to_string()).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
-            q.pop_front();
-        }
-        if q.len() >= self.per_minute {
-            let oldest = q.front().copied().unwrap_or(now);
-            return Err((window - now.duration_since(oldest)).as_secs().max(1));
-        }
-        q.push_back(now);
-        Ok(())
-    }
-
-    /// How many subjects are remembered.
-    pub fn tracked(&self) -> usize {
-        self.hits.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-}
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[schema(example = json!({"to": "ops@example.com"}))]
@@ -102,7 +48,7 @@ fn parse_body(req: &HttpRequest, body: &[u8]) -> Result<SmtpTestRequest, ApiErro
     }
     serde_json::from_slice::<Object<SmtpTestRequest>>(body)
         .map(|o| o.0)
-        .map_err(|e| crate::routes::json_error(actix_web::error::JsonPayloadError::Deserialize(e)))
+        .map_err(|e| crate::extract::json_error(actix_web::error::JsonPayloadError::Deserialize(e)))
 }
 
 /// Test SMTP settings (saved or a draft) and say exactly which step failed.
@@ -153,29 +99,21 @@ pub async fn test_smtp(
 
     let saved = state.db.read(smtp::load).await?.map(|s| s.value);
     let (settings, password) = match &draft {
-        Some(d) => {
-            let password = match d.password_source(saved.as_ref()) {
-                PasswordSource::New(p) => Some(p.clone()),
-                PasswordSource::Saved(sealed) => Some(state.cipher.decrypt(PASSWORD_PURPOSE, sealed)?),
-                PasswordSource::None => None,
-            };
-            (d.to_settings(), password)
-        }
+        Some(d) => (
+            d.to_settings(),
+            d.password_for_test(saved.as_ref(), &state.cipher)?,
+        ),
         None => {
             let s = saved.clone().ok_or_else(|| ApiError::Conflict {
                 code: "smtp_not_configured",
                 detail: "no SMTP settings are saved: PUT /settings/smtp first, or send a draft in `settings`"
                     .into(),
             })?;
-            let password = s
-                .password
-                .as_deref()
-                .map(|p| state.cipher.decrypt(PASSWORD_PURPOSE, p))
-                .transpose()?;
+            let password = s.unseal_password(&state.cipher)?;
             (s, password)
         }
     };
-    let sender = Sender::from_settings(&settings);
+    let sender = settings.sender();
     if to.is_some() && sender.is_none() {
         let field = if draft.is_some() {
             "settings.from_address"
@@ -192,7 +130,7 @@ pub async fn test_smtp(
         return Err(ApiError::TooManyRequests { retry_after });
     }
 
-    let target = SmtpTarget::with_password(&settings, password);
+    let target = settings.target(password);
     let redact = target.secret_forms();
     let to_address = to
         .as_deref()
@@ -229,30 +167,4 @@ pub async fn test_smtp(
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
         .json(report))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_rate_limiter_forgets_subjects_whose_calls_left_the_window() {
-        let limiter = RateLimiter::with_window(10, Duration::ZERO);
-        for i in 0..10_000 {
-            limiter.check(&format!("subject-{i}")).unwrap();
-        }
-        assert!(
-            limiter.tracked() <= 64,
-            "{} subjects remembered",
-            limiter.tracked()
-        );
-    }
-
-    #[test]
-    fn the_rate_limiter_refuses_the_call_over_the_limit() {
-        let limiter = RateLimiter::new(2);
-        assert!(limiter.check("a").is_ok() && limiter.check("a").is_ok());
-        assert!(limiter.check("a").is_err());
-        assert!(limiter.check("b").is_ok());
-    }
 }

@@ -1,35 +1,20 @@
-//! Where notifications for administrators go.
+//! `GET` and `PUT /settings/admin-email`.
 
 use actix_web::http::header;
 use actix_web::{get, put, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::store::{self, Stored};
-use super::{etag, if_match_header};
+use super::{AdminEmail, AdminEmailInput, KEY};
 use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
-use crate::db::{millis_to_datetime, DbConnection};
+use crate::db::millis_to_datetime;
 use crate::error::{ApiError, Problem};
-use crate::startup::AppState;
+use crate::settings::store::{self, Stored};
+use crate::settings::{etag, if_match_header};
+use crate::state::AppState;
 use crate::validation::{check_email, Errors, Field, Object};
-
-pub const KEY: &str = "admin_email";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AdminEmail {
-    pub email: String,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct AdminEmailInput {
-    /// The address that receives admin notifications (access requests, registrations).
-    /// `null` removes it; admin notifications are then held until one is set.
-    #[serde(default)]
-    #[schema(value_type = Option<String>, format = Email, example = "admins@example.com", required = true)]
-    pub email: Field<String>,
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AdminEmailView {
@@ -49,13 +34,6 @@ fn respond(stored: Option<&Stored<Option<AdminEmail>>>) -> HttpResponse {
             updated_at: stored.map(|s| millis_to_datetime(s.updated_at)),
             updated_by: stored.map(|s| s.updated_by.clone()),
         })
-}
-
-/// The admin address, if one is set.
-pub fn load(conn: &mut DbConnection) -> Result<Option<String>, ApiError> {
-    Ok(store::load::<Option<AdminEmail>>(conn, KEY)?
-        .and_then(|s| s.value)
-        .map(|a| a.email))
 }
 
 /// Read the admin notification address.

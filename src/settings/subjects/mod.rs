@@ -1,21 +1,17 @@
 //! Subject templates per event: custom ones stored, the catalogue's defaults otherwise.
 
+pub mod http;
+
 use std::collections::{BTreeMap, HashMap};
 
-use actix_web::http::header;
-use actix_web::{get, patch, put, web, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::store::{self, Stored};
-use super::{etag, if_match_header};
-use crate::auth::scope::{SettingsRead, SettingsWrite};
-use crate::auth::Authorized;
+use super::store;
 use crate::db::DbConnection;
-use crate::error::{ApiError, Problem};
-use crate::events::{self, Recipient, Variable, EVENTS};
-use crate::startup::AppState;
-use crate::validation::{check_header_text, Errors, Field, Object};
+use crate::error::ApiError;
+use crate::events;
+use crate::validation::{check_header_text, Errors, Field};
 
 pub const KEY: &str = "subjects";
 pub const MAX_SUBJECT_CHARS: usize = 200;
@@ -34,25 +30,6 @@ pub struct SubjectsInput {
     pub subjects: Field<HashMap<String, Field<String>>>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SubjectEntry {
-    #[schema(example = "access_request_approved")]
-    pub event: &'static str,
-    /// The subject template in effect.
-    pub subject: String,
-    pub default_subject: &'static str,
-    pub is_default: bool,
-    pub recipient: Recipient,
-    /// Variables the template may use.
-    pub variables: Vec<Variable>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SubjectsView {
-    /// One entry per event in the catalogue.
-    pub subjects: Vec<SubjectEntry>,
-}
-
 /// Example data for rendering a subject at save time: `typical` values, or each variable at the
 /// longest length a notification may carry (the worst case a template must stay within bounds for).
 fn example_data(event: &events::Event, longest: bool) -> minijinja::Value {
@@ -62,17 +39,14 @@ fn example_data(event: &events::Event, longest: bool) -> minijinja::Value {
             let value = if v.name.ends_with("_url") {
                 let url = format!("https://portal.example.com/{}", v.name);
                 if longest {
-                    format!(
-                        "{url}/{}",
-                        "a".repeat(crate::notifications::accept::MAX_VALUE_CHARS - url.len() - 1)
-                    )
+                    format!("{url}/{}", "a".repeat(events::MAX_VALUE_CHARS - url.len() - 1))
                 } else {
                     url
                 }
             } else if v.name.ends_with("_email") {
                 "ada@example.com".to_string()
             } else if longest {
-                "W".repeat(crate::notifications::accept::MAX_VALUE_CHARS)
+                "W".repeat(events::MAX_VALUE_CHARS)
             } else {
                 format!("Example {}", v.name.replace('_', " "))
             };
@@ -171,29 +145,6 @@ pub fn subject_for<'a>(custom: &'a CustomSubjects, event: &'static events::Event
         .map_or(event.default_subject, String::as_str)
 }
 
-fn view(custom: &CustomSubjects) -> SubjectsView {
-    SubjectsView {
-        subjects: EVENTS
-            .iter()
-            .map(|e| SubjectEntry {
-                event: e.name,
-                subject: subject_for(custom, e).to_string(),
-                default_subject: e.default_subject,
-                is_default: !custom.contains_key(e.name),
-                recipient: e.recipient,
-                variables: e.all_variables().copied().collect(),
-            })
-            .collect(),
-    }
-}
-
-fn respond(stored: Option<&Stored<CustomSubjects>>) -> HttpResponse {
-    let empty = CustomSubjects::new();
-    HttpResponse::Ok()
-        .insert_header((header::ETAG, etag(stored.map_or(0, |s| s.version))))
-        .json(view(stored.map_or(&empty, |s| &s.value)))
-}
-
 pub fn load(conn: &mut DbConnection) -> Result<CustomSubjects, ApiError> {
     Ok(store::load::<CustomSubjects>(conn, KEY)?
         .map(|s| s.value)
@@ -201,7 +152,11 @@ pub fn load(conn: &mut DbConnection) -> Result<CustomSubjects, ApiError> {
 }
 
 /// Applies the body to `current`: `replace` for PUT, merge for PATCH. Every bad entry is reported.
-fn apply(input: SubjectsInput, current: &CustomSubjects, replace: bool) -> Result<CustomSubjects, ApiError> {
+pub fn apply(
+    input: SubjectsInput,
+    current: &CustomSubjects,
+    replace: bool,
+) -> Result<CustomSubjects, ApiError> {
     let mut errors = Errors::default();
     let Some(entries) = errors.required(
         "subjects",
@@ -250,108 +205,6 @@ fn apply(input: SubjectsInput, current: &CustomSubjects, replace: bool) -> Resul
     }
     errors.finish()?;
     Ok(next)
-}
-
-async fn write(
-    auth: Authorized<SettingsWrite>,
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    input: SubjectsInput,
-    replace: bool,
-) -> Result<HttpResponse, ApiError> {
-    let if_match = if_match_header(&req);
-    let actor = auth.sub().to_string();
-    let stored = state
-        .db
-        .write(move |conn| {
-            store::update(
-                conn,
-                KEY,
-                if_match.as_deref(),
-                &actor,
-                &[],
-                |current: Option<&CustomSubjects>| {
-                    apply(input, current.unwrap_or(&CustomSubjects::new()), replace)
-                },
-            )
-        })
-        .await?;
-    state.settings_changed();
-    Ok(respond(Some(&stored)))
-}
-
-/// Read the subject of every event: the custom one or the default.
-#[utoipa::path(
-    tag = "settings",
-    security(("bearer" = ["settings:read"])),
-    responses(
-        (status = 200, description = "One entry per event", body = SubjectsView, headers(("ETag" = String))),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `settings:read`", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-#[get("/settings/subjects")]
-pub async fn get_subjects(
-    _auth: Authorized<SettingsRead>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let stored = state
-        .db
-        .read(|conn| store::load::<CustomSubjects>(conn, KEY))
-        .await?;
-    Ok(respond(stored.as_ref()))
-}
-
-/// Replace all custom subjects; events left out go back to their default.
-#[utoipa::path(
-    tag = "settings",
-    security(("bearer" = ["settings:write"])),
-    request_body = SubjectsInput,
-    params(("If-Match" = Option<String>, Header, description = "ETag from a previous GET; 412 if the subjects changed since")),
-    responses(
-        (status = 200, description = "The subjects now in effect", body = SubjectsView, headers(("ETag" = String))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `settings:write`", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match does not match the current ETag", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown event, empty or too long subject, CR/LF, a template that does not render (`invalid_template`) or would take too much work or memory (`template_too_expensive`), unknown variable (field `subjects.<event>`)", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-#[put("/settings/subjects")]
-pub async fn put_subjects(
-    auth: Authorized<SettingsWrite>,
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Json<Object<SubjectsInput>>,
-) -> Result<HttpResponse, ApiError> {
-    write(auth, state, req, body.into_inner().0, true).await
-}
-
-/// Change some subjects; `null` resets an event to its default.
-#[utoipa::path(
-    tag = "settings",
-    security(("bearer" = ["settings:write"])),
-    request_body = SubjectsInput,
-    params(("If-Match" = Option<String>, Header, description = "ETag from a previous GET; 412 if the subjects changed since")),
-    responses(
-        (status = 200, description = "The subjects now in effect", body = SubjectsView, headers(("ETag" = String))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `settings:write`", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match does not match the current ETag", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid entries (field `subjects.<event>`), as for PUT", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-#[patch("/settings/subjects")]
-pub async fn patch_subjects(
-    auth: Authorized<SettingsWrite>,
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Json<Object<SubjectsInput>>,
-) -> Result<HttpResponse, ApiError> {
-    write(auth, state, req, body.into_inner().0, false).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,87 @@
+//! How request bodies, queries and paths are read: size limits, and extractor errors turned into
+//! problem documents that name the field (so no handler sees a raw serde or actix error).
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::web;
+
+use crate::error::ApiError;
+
+/// Body limit for JSON requests (batches of notifications need room).
+pub const JSON_LIMIT: usize = 4 * 1024 * 1024;
+/// Body limit for handlers that read raw bytes (the SMTP test).
+pub const BYTES_LIMIT: usize = 256 * 1024;
+
+pub fn payload_config() -> web::PayloadConfig {
+    web::PayloadConfig::new(BYTES_LIMIT)
+}
+
+/// The body limit that applies to `path`, for the 413 answer.
+pub fn body_limit(path: &str) -> usize {
+    if path == "/settings/smtp/test" {
+        BYTES_LIMIT
+    } else {
+        JSON_LIMIT
+    }
+}
+
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(JSON_LIMIT)
+        .error_handler(|err, _req| json_error(err).into())
+}
+
+pub fn json_error(err: JsonPayloadError) -> ApiError {
+    match err {
+        JsonPayloadError::OverflowKnownLength { limit, .. } | JsonPayloadError::Overflow { limit } => {
+            ApiError::PayloadTooLarge { limit }
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::UnsupportedMediaType("send the body as JSON with Content-Type: application/json".into())
+        }
+        // Type errors inside fields are collected per field; this is a body of the wrong shape.
+        // The serde message is not echoed: it can quote the submitted values.
+        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::field(
+            "body",
+            "invalid_type",
+            "the body must be a JSON object with the documented fields",
+        ),
+        JsonPayloadError::Deserialize(e) => ApiError::BadRequest {
+            code: "malformed_json",
+            detail: format!(
+                "the body is not valid JSON ({} at line {}, column {})",
+                if e.is_eof() {
+                    "unexpected end"
+                } else {
+                    "syntax error"
+                },
+                e.line(),
+                e.column()
+            ),
+        },
+        _ => ApiError::BadRequest {
+            code: "invalid_body",
+            detail: "the request body could not be read".into(),
+        },
+    }
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _req| {
+        let detail = match &err {
+            QueryPayloadError::Deserialize(e) => e.to_string(),
+            _ => "invalid query string".to_string(),
+        };
+        ApiError::field(
+            "query",
+            "invalid_query",
+            format!("the query string is invalid: {detail}"),
+        )
+        .into()
+    })
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|_err: PathError, req| {
+        ApiError::NotFound(format!("no resource at {}", req.path())).into()
+    })
+}

@@ -1,0 +1,50 @@
+//! Who a notification goes to and whether it can go now: the one place that decides, from the
+//! SMTP settings and the admin address, for accepting, for housekeeping and for delivery.
+
+use crate::db::DbConnection;
+use crate::error::ApiError;
+use crate::settings::{admin_email, smtp};
+
+/// Why an admin notification waits (also its `status_reason` while held).
+pub const NO_ADMIN_EMAIL: &str = "no admin address is configured (PUT /settings/admin-email)";
+
+/// Why nothing at all can be sent with these SMTP settings; None when mail can go out.
+pub fn not_deliverable_reason(smtp: Option<&smtp::SmtpSettings>) -> Option<String> {
+    match smtp {
+        None => Some("SMTP is not configured yet (PUT /settings/smtp)".into()),
+        Some(s) if s.from_address.is_none() => {
+            Some("no default From address is configured (from_address in PUT /settings/smtp)".into())
+        }
+        Some(_) => None,
+    }
+}
+
+/// Whether the current settings allow sending, and to whom admin events go.
+pub struct Deliverability {
+    /// None when mail can go out; else why it is held.
+    pub blocked: Option<String>,
+    pub admin_email: Option<String>,
+}
+
+impl Deliverability {
+    /// Reads the settings that decide it (inside the caller's transaction).
+    pub fn load(conn: &mut DbConnection) -> Result<Self, ApiError> {
+        let smtp = smtp::load(conn)?;
+        Ok(Self {
+            blocked: not_deliverable_reason(smtp.as_ref().map(|s| &s.value)),
+            admin_email: admin_email::load(conn)?,
+        })
+    }
+
+    /// The recipient: the address given, else (an admin event) the admin address, if any.
+    pub fn recipient(&self, to: Option<&str>) -> Option<String> {
+        to.map(str::to_string).or_else(|| self.admin_email.clone())
+    }
+
+    /// Why a notification to `recipient` must wait; None when it can be queued.
+    pub fn held_reason(&self, recipient: Option<&str>) -> Option<String> {
+        self.blocked
+            .clone()
+            .or_else(|| recipient.is_none().then(|| NO_ADMIN_EMAIL.to_string()))
+    }
+}
