@@ -11,7 +11,7 @@ use crate::{events, health, notifications, settings};
 pub fn api(cfg: &mut ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
-        .service(events::list_events)
+        .service(events::http::list_events)
         .service(settings::smtp::http::get_smtp)
         .service(settings::smtp::http::put_smtp)
         .service(settings::smtp_test::test_smtp)

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -13,7 +12,6 @@ use super::accept::{self, Acceptance, Accepted, NotificationRequest};
 use super::store::{self, Status};
 use crate::auth::scope::{NotificationsRead, NotificationsSend};
 use crate::auth::Authorized;
-use crate::db::schema::{notification_attempts, notifications};
 use crate::db::{millis_to_datetime, now_millis};
 use crate::error::{ApiError, FieldError, Problem};
 use crate::state::AppState;
@@ -447,28 +445,14 @@ pub async fn list_notifications(
     let rows = state
         .db
         .read(move |conn| {
-            let mut sql = notifications::table.into_boxed();
-            if let Some(s) = q.status {
-                sql = sql.filter(notifications::status.eq(s));
-            }
-            if let Some(e) = q.event {
-                sql = sql.filter(notifications::event.eq(e));
-            }
-            if let Some(to) = q.to {
-                sql = sql.filter(notifications::recipient.eq(to));
-            }
-            if let Some(since) = q.since {
-                sql = sql.filter(notifications::created_at.ge(since.timestamp_millis()));
-            }
-            // Ids are UUIDv7: ordered by creation time, so they double as the cursor.
-            if let Some(c) = q.cursor {
-                sql = sql.filter(notifications::id.lt(c));
-            }
-            Ok(sql
-                .order(notifications::id.desc())
-                .limit(limit + 1)
-                .select(store::NotificationRow::as_select())
-                .load(conn)?)
+            let filter = store::ListFilter {
+                status: q.status,
+                event: q.event,
+                to: q.to,
+                since: q.since.map(|s| s.timestamp_millis()),
+                before_id: q.cursor,
+            };
+            store::list(conn, &filter, limit + 1)
         })
         .await?;
     let more = rows.len() as i64 > limit;
@@ -524,16 +508,7 @@ pub async fn retry_notification(
             let status = Status::parse(&row.status);
             if status == Some(Status::Queued) {
                 // Waiting for its next attempt: make it due now, keeping its lifetime and attempts.
-                diesel::update(
-                    notifications::table
-                        .find(&id)
-                        .filter(notifications::status.eq(Status::Queued.as_str())),
-                )
-                .set((
-                    notifications::next_attempt_at.eq(now),
-                    notifications::updated_at.eq(now),
-                ))
-                .execute(conn)?;
+                store::make_due(conn, &id, now)?;
                 return Ok(Accepted {
                     id: row.id,
                     status: Status::Queued,
@@ -556,16 +531,7 @@ pub async fn retry_notification(
             }
             let ttl = crate::events::find(&row.event).map_or(3 * 24 * 3600, |e| e.default_ttl_seconds);
             let expires_at = now + ttl * 1000;
-            diesel::update(notifications::table.find(&id))
-                .set((
-                    notifications::status.eq(Status::Queued.as_str()),
-                    notifications::status_reason.eq(None::<String>),
-                    notifications::next_attempt_at.eq(now),
-                    notifications::expires_at.eq(expires_at),
-                    notifications::attempt_count.eq(0),
-                    notifications::updated_at.eq(now),
-                ))
-                .execute(conn)?;
+            store::requeue(conn, &id, now, expires_at)?;
             Ok(Accepted {
                 id: row.id,
                 status: Status::Queued,
@@ -659,35 +625,10 @@ pub async fn stats(
         .read(move |conn| {
             let mut counts: BTreeMap<String, i64> =
                 Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
-            let grouped: Vec<(String, i64)> = notifications::table
-                .group_by(notifications::status)
-                .select((notifications::status, diesel::dsl::count_star()))
-                .load(conn)?;
-            counts.extend(grouped);
-            let oldest: Option<i64> = notifications::table
-                .filter(notifications::status.eq(Status::Queued.as_str()))
-                .select(diesel::dsl::min(notifications::created_at))
-                .first(conn)?;
-            let last_success = notification_attempts::table
-                .filter(notification_attempts::outcome.eq("sent"))
-                .order(notification_attempts::id.desc())
-                .select((
-                    notification_attempts::attempted_at,
-                    notification_attempts::notification_id,
-                    notification_attempts::reply,
-                ))
-                .first::<(i64, String, String)>(conn)
-                .optional()?;
-            let last_error = notification_attempts::table
-                .filter(notification_attempts::outcome.ne("sent"))
-                .order(notification_attempts::id.desc())
-                .select((
-                    notification_attempts::attempted_at,
-                    notification_attempts::notification_id,
-                    notification_attempts::reply,
-                ))
-                .first::<(i64, String, String)>(conn)
-                .optional()?;
+            counts.extend(store::count_by_status(conn)?);
+            let oldest = store::oldest_queued_created_at(conn)?;
+            let last_success = store::last_attempt(conn, true)?;
+            let last_error = store::last_attempt(conn, false)?;
             let last = |r: Option<(i64, String, String)>| {
                 r.map(|(at, notification_id, reply)| LastEvent {
                     at: millis_to_datetime(at),

@@ -143,6 +143,104 @@ pub fn attempts(conn: &mut DbConnection, id: &str) -> Result<Vec<AttemptRow>, Ap
         .load(conn)?)
 }
 
+/// Filters of `GET /notifications`; `before_id` is the cursor (ids are UUIDv7, ordered by time).
+pub struct ListFilter {
+    pub status: Option<String>,
+    pub event: Option<String>,
+    pub to: Option<String>,
+    pub since: Option<i64>,
+    pub before_id: Option<String>,
+}
+
+/// Up to `limit` notifications matching `f`, newest first.
+pub fn list(conn: &mut DbConnection, f: &ListFilter, limit: i64) -> Result<Vec<NotificationRow>, ApiError> {
+    let mut sql = notifications::table.into_boxed();
+    if let Some(s) = &f.status {
+        sql = sql.filter(notifications::status.eq(s));
+    }
+    if let Some(e) = &f.event {
+        sql = sql.filter(notifications::event.eq(e));
+    }
+    if let Some(to) = &f.to {
+        sql = sql.filter(notifications::recipient.eq(to));
+    }
+    if let Some(since) = f.since {
+        sql = sql.filter(notifications::created_at.ge(since));
+    }
+    if let Some(c) = &f.before_id {
+        sql = sql.filter(notifications::id.lt(c));
+    }
+    Ok(sql
+        .order(notifications::id.desc())
+        .limit(limit)
+        .select(NotificationRow::as_select())
+        .load(conn)?)
+}
+
+/// Makes one queued notification due now, keeping its lifetime and attempts.
+pub fn make_due(conn: &mut DbConnection, id: &str, now: i64) -> Result<(), ApiError> {
+    diesel::update(
+        notifications::table
+            .find(id)
+            .filter(notifications::status.eq(Status::Queued.as_str())),
+    )
+    .set((
+        notifications::next_attempt_at.eq(now),
+        notifications::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Queues a failed or expired notification again, due now, with a new lifetime and no attempts.
+pub fn requeue(conn: &mut DbConnection, id: &str, now: i64, expires_at: i64) -> Result<(), ApiError> {
+    diesel::update(notifications::table.find(id))
+        .set((
+            notifications::status.eq(Status::Queued.as_str()),
+            notifications::status_reason.eq(None::<String>),
+            notifications::next_attempt_at.eq(now),
+            notifications::expires_at.eq(expires_at),
+            notifications::attempt_count.eq(0),
+            notifications::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// How many notifications each status holds (statuses without any are absent).
+pub fn count_by_status(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, ApiError> {
+    Ok(notifications::table
+        .group_by(notifications::status)
+        .select((notifications::status, diesel::dsl::count_star()))
+        .load(conn)?)
+}
+
+/// When the oldest queued notification was created.
+pub fn oldest_queued_created_at(conn: &mut DbConnection) -> Result<Option<i64>, ApiError> {
+    Ok(notifications::table
+        .filter(notifications::status.eq(Status::Queued.as_str()))
+        .select(diesel::dsl::min(notifications::created_at))
+        .first(conn)?)
+}
+
+/// The newest attempt that delivered (`sent`), or that did not: time, notification, reply.
+pub fn last_attempt(conn: &mut DbConnection, sent: bool) -> Result<Option<(i64, String, String)>, ApiError> {
+    let q = notification_attempts::table.into_boxed();
+    let q = if sent {
+        q.filter(notification_attempts::outcome.eq("sent"))
+    } else {
+        q.filter(notification_attempts::outcome.ne("sent"))
+    };
+    Ok(q.order(notification_attempts::id.desc())
+        .select((
+            notification_attempts::attempted_at,
+            notification_attempts::notification_id,
+            notification_attempts::reply,
+        ))
+        .first::<(i64, String, String)>(conn)
+        .optional()?)
+}
+
 /// The attempts of several notifications, by notification id, each in order.
 pub fn attempts_of(
     conn: &mut DbConnection,

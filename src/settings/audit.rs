@@ -2,14 +2,13 @@
 
 use actix_web::{get, web};
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::store;
 use crate::auth::scope::SettingsRead;
 use crate::auth::Authorized;
 use crate::db::millis_to_datetime;
-use crate::db::schema::audit_log;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -82,25 +81,9 @@ pub async fn list_audit(
         })?),
         None => None,
     };
-    let rows: Vec<(i64, i64, String, String, String, String)> = state
+    let rows = state
         .db
-        .read(move |conn| {
-            let mut q = audit_log::table.into_boxed();
-            if let Some(before) = before {
-                q = q.filter(audit_log::id.lt(before));
-            }
-            Ok(q.order(audit_log::id.desc())
-                .limit(limit + 1)
-                .select((
-                    audit_log::id,
-                    audit_log::occurred_at,
-                    audit_log::actor,
-                    audit_log::action,
-                    audit_log::resource,
-                    audit_log::details,
-                ))
-                .load(conn)?)
-        })
+        .read(move |conn| store::audit_page(conn, before, limit + 1))
         .await?;
     let more = rows.len() as i64 > limit;
     let entries: Vec<AuditEntry> = rows

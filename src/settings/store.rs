@@ -157,6 +157,32 @@ pub fn audit(
     Ok(())
 }
 
+/// An audit record as stored: id, time, actor, action, resource, details (JSON text).
+pub type AuditRow = (i64, i64, String, String, String, String);
+
+/// Up to `limit` audit records older than `before` (all when None), newest first.
+pub fn audit_page(
+    conn: &mut DbConnection,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AuditRow>, ApiError> {
+    let mut q = audit_log::table.into_boxed();
+    if let Some(before) = before {
+        q = q.filter(audit_log::id.lt(before));
+    }
+    Ok(q.order(audit_log::id.desc())
+        .limit(limit)
+        .select((
+            audit_log::id,
+            audit_log::occurred_at,
+            audit_log::actor,
+            audit_log::action,
+            audit_log::resource,
+            audit_log::details,
+        ))
+        .load(conn)?)
+}
+
 /// One changed field for the audit log: values for plain fields, only "changed" for secrets.
 pub fn diff_fields(
     old: &serde_json::Value,
