@@ -57,12 +57,7 @@ impl Child {
             process,
             base: format!("http://127.0.0.1:{port}"),
         };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + WAIT;
-        while client.get(format!("{}/readyz", child.base)).send().await.is_err() {
-            assert!(Instant::now() < deadline, "the child process did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_ready(&child.base).await;
         child
     }
 
@@ -114,6 +109,23 @@ impl Child {
     }
 }
 
+/// Posts a notification that must be accepted; its id.
+async fn notify_id(app: &TestApp, body: &Value) -> String {
+    let reply = app.notify(body).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+/// Waits until `base` answers `/readyz`.
+async fn wait_ready(base: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    while client.get(format!("{base}/readyz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the child process did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn plain_settings(port: u16, timeout_seconds: u32) -> Value {
     json!({"host": "127.0.0.1", "port": port, "security": "none",
            "from_address": "portal@example.com", "timeout_seconds": timeout_seconds})
@@ -144,13 +156,11 @@ async fn a_session_stalled_after_data_holds_back_no_other_message() {
     })
     .await;
     assert_eq!(app.put_smtp(&plain_settings(server.port, 5)).await.status, 200);
-    let stuck = app
-        .notify(&json!({"event": "user_deactivated", "to": "stuck@example.com"}))
-        .await
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let stuck = notify_id(
+        &app,
+        &json!({"event": "user_deactivated", "to": "stuck@example.com"}),
+    )
+    .await;
     server.wait_for_data_started(1, WAIT).await;
 
     // The stalled session is bounded by 2 x 5 s; the others must not wait for it.
@@ -357,13 +367,11 @@ async fn fixing_the_settings_sends_deferred_mail_at_once_without_spending_its_at
     settings["password"] = json!("wrong-password");
     settings["allow_insecure_auth"] = json!(true);
     assert_eq!(app.put_smtp(&settings).await.status, 200);
-    let id = app
-        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
-        .await
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = notify_id(
+        &app,
+        &json!({"event": "user_deactivated", "to": "ada@example.com"}),
+    )
+    .await;
     let deferred = wait_for_attempts(&app, &id, 1).await;
     assert_eq!(deferred["status"], "queued", "{deferred}");
 
@@ -406,13 +414,11 @@ async fn retrying_a_queued_notification_sends_it_now() {
     })
     .await;
     app.use_smtp_server(server.port).await;
-    let id = app
-        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
-        .await
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = notify_id(
+        &app,
+        &json!({"event": "user_deactivated", "to": "ada@example.com"}),
+    )
+    .await;
     let deferred = wait_for_attempts(&app, &id, 1).await;
     assert_eq!(deferred["status"], "queued", "{deferred}");
     let reply = app
@@ -436,13 +442,11 @@ async fn the_list_shows_each_notifications_attempts() {
     let app = spawn_app().await;
     let server = SmtpServer::start(Behaviour::default()).await;
     app.use_smtp_server(server.port).await;
-    let id = app
-        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
-        .await
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = notify_id(
+        &app,
+        &json!({"event": "user_deactivated", "to": "ada@example.com"}),
+    )
+    .await;
     app.wait_for_status(&id, "sent", WAIT).await;
     let list = app.get("/notifications", &admin_token()).await.json();
     let item = &list["notifications"][0];
@@ -492,12 +496,8 @@ async fn a_full_disk_is_507_and_not_ready_with_the_cause_in_stats_until_space_re
         process,
         base: format!("http://127.0.0.1:{port}"),
     };
+    wait_ready(&child.base).await;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
-    while client.get(format!("{}/readyz", child.base)).send().await.is_err() {
-        assert!(Instant::now() < deadline, "the child process did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     // `sh` exec'd into mailroom: same pid, and its root shows the tmpfs.
     let filler = format!("/proc/{}/root{}/filler", child.process.id(), data.display());
     {
