@@ -39,6 +39,7 @@ fn row(i: u64, now: i64) -> NotificationRow {
         message_id: None,
         smtp_reply: None,
         created_by: "bench".into(),
+        locale: Some("en".into()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! mailroom: an email-notification service with a REST/JSON API.
 
 pub mod auth;
+pub mod builtin;
 pub mod config;
 pub mod db;
 pub mod error;

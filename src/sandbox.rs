@@ -16,11 +16,42 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 const FUEL: u64 = 20_000;
 /// Nesting of loops and conditions.
 const RECURSION_LIMIT: usize = 20;
-/// Bytes one render may write (subjects are cut much shorter afterwards).
-pub const MAX_OUTPUT: usize = 256 * 1024;
+/// The longest subject sent (RFC 5322 allows 998 octets per header line; a subject is read in a
+/// mail client's list long before that). Longer ones are cut with an ellipsis.
+pub const MAX_RENDERED_SUBJECT_CHARS: usize = 255;
+/// Bytes one render of a subject may write (subjects are cut much shorter afterwards).
+pub const MAX_SUBJECT_OUTPUT: usize = 64 * 1024;
+/// Bytes one render of a body (text or HTML) may write.
+pub const MAX_BODY_OUTPUT: usize = 512 * 1024;
+
+/// Which part of a message a template renders: it decides escaping and the output limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Subject,
+    Text,
+    /// Auto-escaped: data can never add markup.
+    Html,
+}
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Subject => "subject",
+            Self::Text => "text",
+            Self::Html => "html",
+        }
+    }
+
+    fn max_output(self) -> usize {
+        match self {
+            Self::Subject => MAX_SUBJECT_OUTPUT,
+            Self::Text | Self::Html => MAX_BODY_OUTPUT,
+        }
+    }
+}
 /// The largest number a template may spell out.
 const MAX_NUMBER: u64 = 1000;
-/// Statements a subject may use.
+/// Statements a template may use.
 const ALLOWED_STATEMENTS: &[&str] = &["if", "elif", "else", "endif", "for", "endfor"];
 
 /// Why a template cannot be used.
@@ -53,33 +84,43 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The environment for subjects: plain text (no escaping), no builtins but a short list of
-/// filters that never make a string longer than their input and arguments.
-pub fn environment() -> &'static Environment<'static> {
-    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::empty();
-        env.set_auto_escape_callback(|_| AutoEscape::None);
-        env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        env.set_fuel(Some(FUEL));
-        env.set_recursion_limit(RECURSION_LIMIT);
-        env.add_filter("upper", minijinja::filters::upper);
-        env.add_filter("lower", minijinja::filters::lower);
-        env.add_filter("title", minijinja::filters::title);
-        env.add_filter("capitalize", minijinja::filters::capitalize);
-        env.add_filter("trim", minijinja::filters::trim);
-        env.add_filter("default", minijinja::filters::default);
-        env.add_filter("d", minijinja::filters::default);
-        env.add_filter("length", minijinja::filters::length);
-        env.add_filter("first", minijinja::filters::first);
-        env.add_filter("last", minijinja::filters::last);
-        env.add_filter("string", minijinja::filters::string);
-        env.add_filter("truncate", truncate);
-        env.add_test("defined", minijinja::tests::is_defined);
-        env.add_test("undefined", minijinja::tests::is_undefined);
-        env.add_test("none", minijinja::tests::is_none);
-        env
-    })
+/// The environment for operator templates: no builtins but a short list of filters that never
+/// make a string longer than their input and arguments. HTML is auto-escaped, text and subjects
+/// are not.
+pub fn environment(part: Part) -> &'static Environment<'static> {
+    static PLAIN: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    static HTML: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    let (cell, escape) = match part {
+        Part::Html => (&HTML, AutoEscape::Html),
+        Part::Subject | Part::Text => (&PLAIN, AutoEscape::None),
+    };
+    cell.get_or_init(|| build_environment(escape))
+}
+
+fn build_environment(escape: AutoEscape) -> Environment<'static> {
+    let mut env = Environment::empty();
+    env.set_auto_escape_callback(move |_| escape.clone());
+    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(RECURSION_LIMIT);
+    env.add_filter("upper", minijinja::filters::upper);
+    env.add_filter("lower", minijinja::filters::lower);
+    env.add_filter("title", minijinja::filters::title);
+    env.add_filter("capitalize", minijinja::filters::capitalize);
+    env.add_filter("trim", minijinja::filters::trim);
+    env.add_filter("default", minijinja::filters::default);
+    env.add_filter("d", minijinja::filters::default);
+    env.add_filter("length", minijinja::filters::length);
+    env.add_filter("first", minijinja::filters::first);
+    env.add_filter("last", minijinja::filters::last);
+    env.add_filter("string", minijinja::filters::string);
+    env.add_filter("escape", minijinja::filters::escape);
+    env.add_filter("e", minijinja::filters::escape);
+    env.add_filter("truncate", truncate);
+    env.add_test("defined", minijinja::tests::is_defined);
+    env.add_test("undefined", minijinja::tests::is_undefined);
+    env.add_test("none", minijinja::tests::is_none);
+    env
 }
 
 /// `truncate(length=255, end='...')`: cut to `length` characters, ending in `end`.
@@ -110,7 +151,9 @@ pub fn check_syntax(source: &str) -> Result<(), Refusal> {
         };
         let body_start = start + 2;
         let Some(len) = find_outside_strings(&rest[body_start..], close) else {
-            return Err(Refusal::Invalid("a tag is not closed".into()));
+            let offset = source.len() - rest.len() + start;
+            let line = source[..offset].matches('\n').count() + 1;
+            return Err(Refusal::Invalid(format!("line {line}: a tag is not closed")));
         };
         let body = &rest[body_start..body_start + len];
         if close == "%}" {
@@ -122,7 +165,7 @@ pub fn check_syntax(source: &str) -> Result<(), Refusal> {
             if !ALLOWED_STATEMENTS.contains(&statement) {
                 check_code(body)?;
                 return Err(Refusal::Invalid(format!(
-                    "subjects may use only if and for blocks, not `{statement}`"
+                    "templates may use only if and for blocks, not `{statement}`"
                 )));
             }
         }
@@ -174,7 +217,7 @@ fn check_code(code: &str) -> Result<(), Refusal> {
             b'\'' | b'"' => quote = Some(b),
             b'*' => {
                 return Err(Refusal::TooExpensive(
-                    "the * operator is not allowed in subjects (it can build huge strings)".into(),
+                    "the * operator is not allowed in templates (it can build huge strings)".into(),
                 ))
             }
             b'0'..=b'9' if i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') => {
@@ -185,7 +228,7 @@ fn check_code(code: &str) -> Result<(), Refusal> {
                 let number: u64 = digits.replace('_', "").parse().unwrap_or(u64::MAX);
                 if number > MAX_NUMBER {
                     return Err(Refusal::TooExpensive(format!(
-                        "numbers above {MAX_NUMBER} are not allowed in subjects"
+                        "numbers above {MAX_NUMBER} are not allowed in templates"
                     )));
                 }
                 i += digits.len();
@@ -198,12 +241,12 @@ fn check_code(code: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Stops writing after [`MAX_OUTPUT`] bytes.
-struct Capped(Vec<u8>);
+/// Stops writing after its limit.
+struct Capped(Vec<u8>, usize);
 
 impl Write for Capped {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > MAX_OUTPUT {
+        if self.0.len() + buf.len() > self.1 {
             return Err(std::io::Error::other("output limit reached"));
         }
         self.0.extend_from_slice(buf);
@@ -215,14 +258,20 @@ impl Write for Capped {
     }
 }
 
-/// Renders `source` with `data`, within the bounds. Syntax is checked first.
+/// Renders a subject template (see [`render_part`]).
 pub fn render(source: &str, data: &Value) -> Result<String, Refusal> {
+    render_part(source, data, Part::Subject)
+}
+
+/// Renders `source` as `part` with `data`, within the bounds. Syntax is checked first.
+pub fn render_part(source: &str, data: &Value, part: Part) -> Result<String, Refusal> {
     check_syntax(source)?;
-    let env = environment();
+    let env = environment(part);
     let template = env
         .template_from_str(source)
         .map_err(|e| Refusal::Invalid(describe(&e)))?;
-    let mut out = Capped(Vec::new());
+    let limit = part.max_output();
+    let mut out = Capped(Vec::new(), limit);
     match template.render_captured_to(data, &mut out) {
         Ok(_) => Ok(String::from_utf8_lossy(&out.0).into_owned()),
         Err(e) => Err(match e.kind() {
@@ -230,8 +279,9 @@ pub fn render(source: &str, data: &Value) -> Result<String, Refusal> {
                 Refusal::TooExpensive("rendering takes too many steps (too many loop iterations)".into())
             }
             ErrorKind::WriteFailure => Refusal::TooExpensive(format!(
-                "the rendered text is longer than {} KiB",
-                MAX_OUTPUT / 1024
+                "the rendered {} is longer than {} KiB",
+                part.name(),
+                limit / 1024
             )),
             _ if e.to_string().contains("recursion") => {
                 Refusal::TooExpensive("the template nests too deeply".into())
@@ -241,14 +291,14 @@ pub fn render(source: &str, data: &Value) -> Result<String, Refusal> {
     }
 }
 
-fn describe(e: &minijinja::Error) -> String {
+pub fn describe(e: &minijinja::Error) -> String {
     let detail = e
         .detail()
         .map(str::to_string)
         .unwrap_or_else(|| e.kind().to_string());
     match e.kind() {
         ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction => format!(
-            "{detail}; subjects may use the filters upper, lower, title, capitalize, trim, default, length, first, last, string and truncate"
+            "{detail}; templates may use the filters upper, lower, title, capitalize, trim, default, length, first, last, string, escape and truncate"
         ),
         _ => detail,
     }

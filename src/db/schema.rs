@@ -44,6 +44,7 @@ diesel::table! {
         message_id -> Nullable<Text>,
         smtp_reply -> Nullable<Text>,
         created_by -> Text,
+        locale -> Nullable<Text>,
     }
 }
 

@@ -20,6 +20,8 @@ pub enum Recipient {
 pub struct Variable {
     pub name: &'static str,
     pub required: bool,
+    /// A realistic value, used for previews and to check templates when they are saved.
+    pub example: &'static str,
 }
 
 #[derive(Debug)]
@@ -41,13 +43,43 @@ pub const MAX_VALUE_CHARS: usize = 10_000;
 pub const COMMON_VARIABLES: &[Variable] = &[opt("portal_name"), opt("portal_url")];
 
 const fn req(name: &'static str) -> Variable {
-    Variable { name, required: true }
+    Variable {
+        name,
+        required: true,
+        example: example_value(name),
+    }
 }
 
 const fn opt(name: &'static str) -> Variable {
     Variable {
         name,
         required: false,
+        example: example_value(name),
+    }
+}
+
+/// The example value of a variable, by its name.
+const fn example_value(name: &'static str) -> &'static str {
+    match name.as_bytes() {
+        b"change_request_id" => "CR-1042",
+        b"change_request_url" => "https://registry.example.com/change-requests/CR-1042",
+        b"expires_in_minutes" => "60",
+        b"invite_url" => "https://portal.example.com/invitations/8f3c2a",
+        b"inviter_name" => "Grace Hopper",
+        b"login_url" => "https://portal.example.com/login",
+        b"organization_name" => "Example Corp",
+        b"portal_name" => "Developer Portal",
+        b"portal_url" => "https://portal.example.com",
+        b"product_name" => "Payments API",
+        b"reason" => "The request did not say which project needs access.",
+        b"request_url" => "https://portal.example.com/requests/517",
+        b"reset_url" => "https://portal.example.com/reset-password?token=3b9e1f",
+        b"review_url" => "https://portal.example.com/admin/reviews/517",
+        b"status" => "approved",
+        b"title" => "Update the billing contact",
+        b"user_email" => "ada@example.com",
+        b"user_name" => "Ada Lovelace",
+        _ => "example",
     }
 }
 
@@ -180,6 +212,36 @@ impl Event {
 
     pub fn has_variable(&self, name: &str) -> bool {
         self.all_variables().any(|v| v.name == name)
+    }
+
+    /// Every variable with its example value: what previews use without data.
+    pub fn example_data(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.all_variables()
+            .map(|v| {
+                (
+                    v.name.to_string(),
+                    serde_json::Value::String(v.example.to_string()),
+                )
+            })
+            .collect()
+    }
+
+    /// Every variable at the longest length a notification may give it (URLs stay URLs,
+    /// addresses stay addresses): the worst case a template must stay within bounds for.
+    pub fn longest_data(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.all_variables()
+            .map(|v| {
+                let value = if v.name.ends_with("_url") {
+                    let url = format!("https://portal.example.com/{}/", v.name);
+                    format!("{url}{}", "a".repeat(MAX_VALUE_CHARS - url.len()))
+                } else if v.name.ends_with("_email") {
+                    v.example.to_string()
+                } else {
+                    "W".repeat(MAX_VALUE_CHARS)
+                };
+                (v.name.to_string(), serde_json::Value::String(value))
+            })
+            .collect()
     }
 }
 

@@ -12,7 +12,7 @@ use super::store::{self, NotificationRow, Status};
 use crate::db::{millis_to_datetime, DbConnection};
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, Event, Recipient};
-use crate::settings::subjects;
+use crate::settings::templates::Catalog;
 use crate::validation::{check_email, check_header_text, Errors, Field};
 
 /// Longest lifetime a caller may ask for.
@@ -46,6 +46,11 @@ pub struct NotificationRequest {
     #[serde(default)]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Field<DateTime<Utc>>,
+    /// The language to write in (a BCP 47 tag such as `de` or `pt-BR`); templates fall back from
+    /// `pt-BR` to `pt` to the default locale. Default: the default locale.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "de")]
+    pub locale: Field<String>,
     /// Alternative to the `Idempotency-Key` header (batch items use this).
     #[serde(default)]
     #[schema(value_type = Option<String>)]
@@ -60,6 +65,8 @@ pub struct Validated {
     pub to_name: Option<String>,
     pub data: serde_json::Map<String, serde_json::Value>,
     pub expires_at: Option<i64>,
+    /// The requested locale in canonical case.
+    pub locale: Option<String>,
     pub idempotency_key: Option<String>,
     /// Fingerprint of what was asked, to tell a repeat from a conflicting reuse of a key.
     pub request_hash: String,
@@ -70,17 +77,17 @@ pub struct Validated {
 
 /// Renders a validated notification with the subjects in effect. A template that cannot render
 /// is this notification's own 422; it never fails another.
-pub fn render_validated(v: &mut Validated, subjects: &subjects::CustomSubjects) -> Result<(), ApiError> {
-    match render::render(v.event, subjects::subject_for(subjects, v.event), &v.data) {
+pub fn render_validated(v: &mut Validated, catalog: &Catalog) -> Result<(), ApiError> {
+    match render::render(catalog, v.event, v.locale.as_deref(), &v.data) {
         Ok(r) => {
             v.rendered = Some(r);
             Ok(())
         }
-        Err(render::RenderError::Subject { event, refusal }) => Err(ApiError::field(
+        Err(render::RenderError::Template { event, part, refusal }) => Err(ApiError::field(
             "event",
             refusal.code(),
             format!(
-                "the subject template of {event} cannot be used ({}); fix it with PUT /settings/subjects",
+                "the {part} template of {event} cannot be used ({}); fix it with PUT /settings/templates or /settings/subjects",
                 refusal.message()
             ),
         )),
@@ -101,6 +108,10 @@ pub struct Accepted {
     /// Null for an admin event while no admin address is configured.
     pub to: Option<String>,
     pub subject: String,
+    /// The locale whose templates were used.
+    #[serde(default)]
+    #[schema(example = "en")]
+    pub locale: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
@@ -122,7 +133,7 @@ fn is_http_url(s: &str) -> bool {
 
 /// Checks an event's data: only its variables, scalar values within length, URLs and addresses
 /// where the name says so, and every required variable present.
-fn check_data(
+pub fn check_data(
     errors: &mut Errors,
     data_field: &str,
     event: &Event,
@@ -258,6 +269,17 @@ pub fn validate(
         }
         None => None,
     };
+    let requested_locale = errors.optional(&f("locale"), req.locale, "a string");
+    let locale = requested_locale
+        .as_deref()
+        .and_then(crate::settings::locale::canonical);
+    if requested_locale.is_some() && locale.is_none() {
+        errors.add(
+            f("locale"),
+            "invalid_locale",
+            format!("{} must be a language tag such as en, de or pt-BR", f("locale")),
+        );
+    }
     let body_key = errors.optional(&f("idempotency_key"), req.idempotency_key, "a string");
     let idempotency_key = header_key.map(str::to_string).or(body_key);
     if let Some(key) = &idempotency_key {
@@ -278,6 +300,7 @@ pub fn validate(
     let event = event.ok_or_else(Vec::new)?;
     let fingerprint = canonical(&serde_json::json!({
         "event": event.name, "to": to, "to_name": to_name, "data": data, "expires_at": expires_at,
+        "locale": locale,
     }));
     let request_hash = Sha256::digest(fingerprint.to_string().as_bytes())
         .iter()
@@ -289,6 +312,7 @@ pub fn validate(
         to_name,
         data,
         expires_at,
+        locale,
         idempotency_key,
         request_hash,
         rendered: None,
@@ -319,7 +343,12 @@ pub fn prepare(
     subject_sub: &str,
     now: i64,
 ) -> Result<(NotificationRow, Accepted), ApiError> {
-    let Rendered { subject, text, html } = v.rendered.clone().ok_or_else(|| {
+    let Rendered {
+        subject,
+        text,
+        html,
+        locale,
+    } = v.rendered.clone().ok_or_else(|| {
         ApiError::Internal(anyhow::anyhow!(
             "{} was not rendered before storing",
             v.event.name
@@ -356,6 +385,7 @@ pub fn prepare(
         message_id: None,
         smtp_reply: None,
         created_by: subject_sub.to_string(),
+        locale: Some(locale.clone()),
     };
     let accepted = Accepted {
         id: id.clone(),
@@ -364,6 +394,7 @@ pub fn prepare(
         event: v.event.name.to_string(),
         to: recipient,
         subject,
+        locale,
         created_at: millis_to_datetime(now),
         expires_at: millis_to_datetime(expires_at),
     };

@@ -14,6 +14,7 @@ use crate::auth::scope::{NotificationsRead, NotificationsSend};
 use crate::auth::Authorized;
 use crate::db::{millis_to_datetime, now_millis};
 use crate::error::{ApiError, FieldError, Problem};
+use crate::settings::templates::Catalog;
 use crate::state::AppState;
 use crate::validation::{Field, Object};
 
@@ -72,10 +73,10 @@ pub async fn post_notification(
     let key = idempotency_header(&req)?;
     let validated =
         accept::validate(body.into_inner().0, key.as_deref(), "", now).map_err(ApiError::Validation)?;
-    let subjects = state.db.read(crate::settings::subjects::load).await?;
+    let catalog = state.db.read(Catalog::load).await?;
     let validated = crate::error::blocking(move || {
         let mut v = validated;
-        accept::render_validated(&mut v, &subjects)?;
+        accept::render_validated(&mut v, &catalog)?;
         Ok(v)
     })
     .await?;
@@ -196,11 +197,11 @@ pub async fn post_batch(
     }
     // Rendered off the async threads and before the committer; a failure is the item's own.
     if !valid.is_empty() {
-        let subjects = state.db.read(crate::settings::subjects::load).await?;
+        let catalog = state.db.read(Catalog::load).await?;
         let rendered = crate::error::blocking(move || {
             Ok(valid
                 .into_iter()
-                .map(|(index, mut v)| (index, accept::render_validated(&mut v, &subjects).map(|()| v)))
+                .map(|(index, mut v)| (index, accept::render_validated(&mut v, &catalog).map(|()| v)))
                 .collect::<Vec<_>>())
         })
         .await?;
@@ -279,6 +280,8 @@ pub struct NotificationView {
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub subject: String,
+    /// The locale whose templates were used.
+    pub locale: Option<String>,
     pub status: Status,
     pub status_reason: Option<String>,
     pub attempts: Vec<AttemptView>,
@@ -304,6 +307,7 @@ fn view(row: store::NotificationRow, attempts: Vec<store::AttemptRow>) -> Notifi
         to_name: row.to_name,
         data: serde_json::from_str(&row.data).unwrap_or_default(),
         subject: row.subject,
+        locale: row.locale,
         status,
         status_reason: row.status_reason,
         attempts: attempts
@@ -516,6 +520,7 @@ pub async fn retry_notification(
                     event: row.event,
                     to: row.recipient,
                     subject: row.subject,
+                    locale: row.locale.unwrap_or_default(),
                     created_at: millis_to_datetime(row.created_at),
                     expires_at: millis_to_datetime(row.expires_at),
                 });
@@ -539,6 +544,7 @@ pub async fn retry_notification(
                 event: row.event,
                 to: row.recipient,
                 subject: row.subject,
+                locale: row.locale.unwrap_or_default(),
                 created_at: millis_to_datetime(row.created_at),
                 expires_at: millis_to_datetime(expires_at),
             })

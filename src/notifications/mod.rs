@@ -4,6 +4,7 @@ pub mod accept;
 pub mod dispatcher;
 pub mod http;
 pub mod intake;
+pub mod preview;
 pub mod render;
 pub mod routing;
 pub mod store;

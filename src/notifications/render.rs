@@ -1,124 +1,12 @@
-//! Rendering at accept time: subject from the configured template, text and HTML bodies from the
-//! built-in templates embedded in the binary (HTML auto-escaped).
+//! Rendering at accept time: each part from the operator's template in effect for the locale (in
+//! the sandbox), or from the built-in one; the body framed by the layout; branding everywhere.
 
-use std::sync::OnceLock;
-
-use minijinja::{AutoEscape, Environment};
-
+use crate::builtin::environment;
 use crate::events::Event;
-
-/// Every built-in template, by name. A test checks that each event has both parts.
-static TEMPLATES: &[(&str, &str)] = &[
-    ("layout.txt", include_str!("templates/layout.txt")),
-    ("layout.html", include_str!("templates/layout.html")),
-    ("password_reset.txt", include_str!("templates/password_reset.txt")),
-    (
-        "password_reset.html",
-        include_str!("templates/password_reset.html"),
-    ),
-    (
-        "access_request_created.txt",
-        include_str!("templates/access_request_created.txt"),
-    ),
-    (
-        "access_request_created.html",
-        include_str!("templates/access_request_created.html"),
-    ),
-    (
-        "access_request_approved.txt",
-        include_str!("templates/access_request_approved.txt"),
-    ),
-    (
-        "access_request_approved.html",
-        include_str!("templates/access_request_approved.html"),
-    ),
-    (
-        "access_request_rejected.txt",
-        include_str!("templates/access_request_rejected.txt"),
-    ),
-    (
-        "access_request_rejected.html",
-        include_str!("templates/access_request_rejected.html"),
-    ),
-    (
-        "user_registration_pending.txt",
-        include_str!("templates/user_registration_pending.txt"),
-    ),
-    (
-        "user_registration_pending.html",
-        include_str!("templates/user_registration_pending.html"),
-    ),
-    ("user_invited.txt", include_str!("templates/user_invited.txt")),
-    ("user_invited.html", include_str!("templates/user_invited.html")),
-    ("user_activated.txt", include_str!("templates/user_activated.txt")),
-    (
-        "user_activated.html",
-        include_str!("templates/user_activated.html"),
-    ),
-    (
-        "user_deactivated.txt",
-        include_str!("templates/user_deactivated.txt"),
-    ),
-    (
-        "user_deactivated.html",
-        include_str!("templates/user_deactivated.html"),
-    ),
-    (
-        "organization_registration_requested.txt",
-        include_str!("templates/organization_registration_requested.txt"),
-    ),
-    (
-        "organization_registration_requested.html",
-        include_str!("templates/organization_registration_requested.html"),
-    ),
-    (
-        "organization_registration_approved.txt",
-        include_str!("templates/organization_registration_approved.txt"),
-    ),
-    (
-        "organization_registration_approved.html",
-        include_str!("templates/organization_registration_approved.html"),
-    ),
-    (
-        "organization_registration_rejected.txt",
-        include_str!("templates/organization_registration_rejected.txt"),
-    ),
-    (
-        "organization_registration_rejected.html",
-        include_str!("templates/organization_registration_rejected.html"),
-    ),
-    (
-        "change_request_updated.txt",
-        include_str!("templates/change_request_updated.txt"),
-    ),
-    (
-        "change_request_updated.html",
-        include_str!("templates/change_request_updated.html"),
-    ),
-];
-
-fn environment() -> &'static Environment<'static> {
-    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_auto_escape_callback(|name| {
-            if name.ends_with(".html") {
-                AutoEscape::Html
-            } else {
-                AutoEscape::None
-            }
-        });
-        for (name, source) in TEMPLATES {
-            env.add_template(name, source).expect("built-in templates parse");
-        }
-        // Default subjects, compiled once ("x.subject" is not .html: no escaping).
-        for event in crate::events::EVENTS {
-            env.add_template_owned(format!("{}.subject", event.name), event.default_subject)
-                .expect("default subjects parse");
-        }
-        env
-    })
-}
+use crate::mail::message::one_line;
+use crate::sandbox::Part;
+pub use crate::sandbox::MAX_RENDERED_SUBJECT_CHARS;
+use crate::settings::templates::{context, Catalog, Origin, LAYOUT};
 
 /// A rendered message, stored with the notification and sent as is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +14,9 @@ pub struct Rendered {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// The locale whose templates were used: the first of the chain that supplied a part, else
+    /// the default locale.
+    pub locale: String,
 }
 
 /// At most one blank line in a row, no trailing space.
@@ -148,29 +39,19 @@ fn tidy_text(s: &str) -> String {
     out.trim_end().to_string() + "\n"
 }
 
-/// The longest subject sent (RFC 5322 allows 998 octets per header line; a subject is read in a
-/// mail client's list long before that). Longer ones are cut with an ellipsis.
-pub const MAX_RENDERED_SUBJECT_CHARS: usize = 255;
-
 /// Why a notification could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    /// The operator's subject template for the event (code and message from the sandbox).
-    #[error("the subject template of {event} cannot be used: {refusal}")]
-    Subject {
+    /// An operator's template (code and message from the sandbox).
+    #[error("the {part} template of {event} cannot be used: {refusal}")]
+    Template {
         event: &'static str,
+        part: &'static str,
         refusal: crate::sandbox::Refusal,
     },
     /// A built-in template failed: a bug.
     #[error("rendering a built-in template failed: {0}")]
     BuiltIn(#[from] minijinja::Error),
-}
-
-/// The default subject of `event`, rendered.
-fn default_subject(event: &Event, data: &minijinja::Value) -> Result<String, minijinja::Error> {
-    environment()
-        .get_template(&format!("{}.subject", event.name))?
-        .render(data)
 }
 
 /// Cuts `s` to [`MAX_RENDERED_SUBJECT_CHARS`] characters.
@@ -183,42 +64,100 @@ fn cut_subject(s: String) -> String {
     cut
 }
 
-/// Renders a subject template (one line, cut to length; an empty result falls back to the
-/// event's default subject, rendered).
-pub fn render_subject(
+/// One rendering: the catalog, the event, the locale chain's head and the data.
+struct Job<'a> {
+    catalog: &'a Catalog,
     event: &'static Event,
-    subject_template: &str,
-    data: &minijinja::Value,
-) -> Result<String, RenderError> {
-    let subject = if subject_template == event.default_subject {
-        default_subject(event, data)?
-    } else {
-        crate::sandbox::render(subject_template, data).map_err(|refusal| RenderError::Subject {
-            event: event.name,
-            refusal,
-        })?
-    };
-    let mut subject = crate::mail::message::one_line(&subject);
-    if subject.is_empty() {
-        subject = crate::mail::message::one_line(&default_subject(event, data)?);
-    }
-    Ok(cut_subject(subject))
+    locale: &'a str,
+    data: &'a serde_json::Map<String, serde_json::Value>,
+    /// Locales that supplied a part, in chain order.
+    used: Vec<String>,
 }
 
+impl Job<'_> {
+    /// Renders one part of `target` (the event or the layout) with `data`: the stored template
+    /// in effect in the sandbox, else the built-in `builtin` template.
+    fn part(
+        &mut self,
+        target: &'static str,
+        part: Part,
+        data: &serde_json::Map<String, serde_json::Value>,
+        builtin: &str,
+    ) -> Result<String, RenderError> {
+        let ctx = context(data, &self.catalog.branding, self.locale, part);
+        match self.catalog.effective(target, self.locale, part) {
+            (Some(source), Origin::Locale(tag)) => {
+                if !self.used.contains(&tag) {
+                    self.used.push(tag);
+                }
+                crate::sandbox::render_part(&source, &ctx, part).map_err(|refusal| RenderError::Template {
+                    event: self.event.name,
+                    part: part.name(),
+                    refusal,
+                })
+            }
+            _ => Ok(environment().get_template(builtin)?.render(&ctx)?),
+        }
+    }
+
+    fn has_custom(&self, target: &str, part: Part) -> bool {
+        self.catalog.effective(target, self.locale, part).0.is_some()
+    }
+}
+
+/// Renders a notification of `event` in `locale` (None: the default locale) with the catalog's
+/// templates, layout and branding.
 pub fn render(
+    catalog: &Catalog,
     event: &'static Event,
-    subject_template: &str,
+    locale: Option<&str>,
     data: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Rendered, RenderError> {
-    let env = environment();
-    let data = minijinja::Value::from(minijinja::value::Serde(data));
-    let subject = render_subject(event, subject_template, &data)?;
-    let text = env.get_template(&format!("{}.txt", event.name))?.render(&data)?;
-    let html = env.get_template(&format!("{}.html", event.name))?.render(&data)?;
+    let locale = locale.unwrap_or(&catalog.default_locale);
+    let mut job = Job {
+        catalog,
+        event,
+        locale,
+        data,
+        used: Vec::new(),
+    };
+    let subject = job.part(
+        event.name,
+        Part::Subject,
+        data,
+        &format!("{}.subject", event.name),
+    )?;
+    let mut subject = one_line(&subject);
+    if subject.is_empty() {
+        let ctx = context(data, &catalog.branding, locale, Part::Subject);
+        subject = one_line(
+            &environment()
+                .get_template(&format!("{}.subject", event.name))?
+                .render(&ctx)?,
+        );
+    }
+    let html_body = job.part(event.name, Part::Html, data, &format!("{}.html", event.name))?;
+    // Only an HTML body of its own and no text anywhere on the chain: the text is derived from it,
+    // so that every message keeps a plain-text part that says the same.
+    let text_body = if job.has_custom(event.name, Part::Html) && !job.has_custom(event.name, Part::Text) {
+        html2text::from_read(html_body.as_bytes(), 78).unwrap_or_default()
+    } else {
+        job.part(event.name, Part::Text, data, &format!("{}.txt", event.name))?
+    };
+    let mut framed = job.data.clone();
+    framed.insert("content".into(), html_body.into());
+    let html = job.part(LAYOUT, Part::Html, &framed, "layout.html")?;
+    framed.insert("content".into(), text_body.into());
+    let text = job.part(LAYOUT, Part::Text, &framed, "layout.txt")?;
     Ok(Rendered {
-        subject,
+        subject: cut_subject(subject),
         text: tidy_text(&text),
         html,
+        locale: job
+            .used
+            .first()
+            .cloned()
+            .unwrap_or_else(|| catalog.default_locale.clone()),
     })
 }
 
@@ -226,6 +165,13 @@ pub fn render(
 mod tests {
     use super::*;
     use crate::events::EVENTS;
+
+    fn catalog() -> Catalog {
+        Catalog {
+            default_locale: "en".into(),
+            ..Default::default()
+        }
+    }
 
     fn sample_data(event: &Event) -> serde_json::Map<String, serde_json::Value> {
         event
@@ -247,7 +193,7 @@ mod tests {
     fn every_event_renders_a_text_and_an_html_part_with_its_variables() {
         for event in EVENTS {
             let data = sample_data(event);
-            let r = render(event, event.default_subject, &data).unwrap();
+            let r = render(&catalog(), event, None, &data).unwrap();
             assert!(!r.subject.is_empty());
             for v in event.variables.iter().filter(|v| v.required) {
                 let value = data[v.name].as_str().unwrap();
@@ -272,7 +218,7 @@ mod tests {
         let event = crate::events::find("access_request_approved").unwrap();
         let mut data = serde_json::Map::new();
         data.insert("product_name".into(), "Payments\r\nBcc: eve@example.com".into());
-        let r = render(event, event.default_subject, &data).unwrap();
+        let r = render(&catalog(), event, None, &data).unwrap();
         assert_eq!(
             r.subject,
             "Your access request for Payments Bcc: eve@example.com was approved"

@@ -86,6 +86,8 @@ pub struct NotificationRow {
     pub message_id: Option<String>,
     pub smtp_reply: Option<String>,
     pub created_by: String,
+    /// The locale whose templates were used (null for notifications from before locales).
+    pub locale: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable)]
@@ -107,7 +109,7 @@ pub fn insert(conn: &mut DbConnection, row: &NotificationRow) -> Result<(), ApiE
 /// Inserts many rows with multi-row INSERTs (written per backend: diesel's batch insert does not
 /// go through the MultiConnection enum).
 pub fn insert_many(conn: &mut DbConnection, rows: &[NotificationRow]) -> Result<(), diesel::result::Error> {
-    // 21 columns x 400 rows stays well under SQLite's 32,766 bound parameters.
+    // 22 columns x 400 rows stays well under SQLite's 32,766 bound parameters.
     for chunk in rows.chunks(400) {
         match conn {
             DbConnection::Sqlite(c) => diesel::insert_into(notifications::table)

@@ -1,11 +1,15 @@
-//! The settings resources (SMTP, subjects, admin address), their storage and their audit trail.
+//! The settings resources (SMTP, subjects, templates, branding, locale, admin address), their
+//! storage and their audit trail.
 
 pub mod admin_email;
 pub mod audit;
+pub mod branding;
+pub mod locale;
 pub mod smtp;
 pub mod smtp_test;
 pub mod store;
 pub mod subjects;
+pub mod templates;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;

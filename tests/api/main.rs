@@ -16,3 +16,4 @@ mod security_review;
 mod settings_smtp;
 mod smtp_test;
 mod subjects;
+mod templates;

@@ -173,8 +173,16 @@ async fn the_event_catalogue_is_public_and_complete() {
         assert!(names.contains(&expected), "{expected} missing");
     }
     let reset = events.iter().find(|e| e["event"] == "password_reset").unwrap();
-    assert_eq!(
-        reset["variables"][0],
-        json!({"name": "reset_url", "required": true})
-    );
+    assert_eq!(reset["variables"][0]["name"], "reset_url");
+    assert_eq!(reset["variables"][0]["required"], true);
+    // Every variable carries an example value (previews and template checks use them).
+    for event in &events {
+        for v in event["variables"].as_array().unwrap() {
+            assert!(
+                v["example"].as_str().is_some_and(|e| !e.is_empty()),
+                "{}: {v}",
+                event["event"]
+            );
+        }
+    }
 }

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::store;
 use crate::db::DbConnection;
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::events;
 use crate::validation::{check_header_text, Errors, Field};
 
@@ -30,37 +30,7 @@ pub struct SubjectsInput {
     pub subjects: Field<HashMap<String, Field<String>>>,
 }
 
-/// Example data for rendering a subject at save time: `typical` values, or each variable at the
-/// longest length a notification may carry (the worst case a template must stay within bounds for).
-fn example_data(event: &events::Event, longest: bool) -> minijinja::Value {
-    let data: serde_json::Map<String, serde_json::Value> = event
-        .all_variables()
-        .map(|v| {
-            let value = if v.name.ends_with("_url") {
-                let url = format!("https://portal.example.com/{}", v.name);
-                if longest {
-                    format!("{url}/{}", "a".repeat(events::MAX_VALUE_CHARS - url.len() - 1))
-                } else {
-                    url
-                }
-            } else if v.name.ends_with("_email") {
-                "ada@example.com".to_string()
-            } else if longest {
-                "W".repeat(events::MAX_VALUE_CHARS)
-            } else {
-                format!("Example {}", v.name.replace('_', " "))
-            };
-            (v.name.to_string(), serde_json::Value::String(value))
-        })
-        .collect();
-    minijinja::Value::from(minijinja::value::Serde(data))
-}
-
 /// Checks a subject template for `event`; on failure adds a field error and returns false.
-///
-/// Beyond syntax and variables, the template is rendered at save time against example data and
-/// against the longest data a notification may carry: what fails to render, or exceeds the
-/// sandbox's bounds on work and size, is refused here instead of failing every notification later.
 pub fn check_subject(errors: &mut Errors, field: &str, event: &'static events::Event, subject: &str) -> bool {
     if subject.trim().is_empty() {
         errors.add(field, "empty", format!("{field} must not be empty"));
@@ -69,73 +39,72 @@ pub fn check_subject(errors: &mut Errors, field: &str, event: &'static events::E
     if !check_header_text(errors, field, subject, MAX_SUBJECT_CHARS) {
         return false;
     }
-    if let Err(refusal) = crate::sandbox::check_syntax(subject) {
-        errors.add(field, refusal.code(), format!("{field}: {refusal}"));
-        return false;
-    }
-    let env = crate::sandbox::environment();
-    let template = match env.template_from_str(subject) {
-        Ok(t) => t,
+    match check_subject_rendering(event, subject) {
+        Ok(()) => true,
         Err(e) => {
-            errors.add(
-                field,
-                "invalid_template",
-                format!(
-                    "{field} is not a valid template: {}",
-                    e.detail().unwrap_or("syntax error")
-                ),
-            );
-            return false;
+            errors.add(field, &e.code, format!("{field}: {}", e.message));
+            false
         }
+    }
+}
+
+/// Beyond syntax and variables, a subject is rendered at save time against example data and
+/// against the longest data a notification may carry: what fails to render, or exceeds the
+/// sandbox's bounds on work and size, is refused here instead of failing every notification later.
+/// The error's `field` is left empty for the caller.
+pub fn check_subject_rendering(event: &'static events::Event, subject: &str) -> Result<(), FieldError> {
+    let fail = |code: &str, message: String| FieldError {
+        field: String::new(),
+        code: code.to_string(),
+        message,
     };
+    crate::sandbox::check_syntax(subject).map_err(|r| fail(r.code(), r.to_string()))?;
+    let env = crate::sandbox::environment(crate::sandbox::Part::Subject);
+    let template = env.template_from_str(subject).map_err(|e| {
+        fail(
+            "invalid_template",
+            format!("not a valid template: {}", crate::sandbox::describe(&e)),
+        )
+    })?;
     let mut unknown: Vec<String> = template
         .undeclared_variables(false)
         .into_iter()
-        .filter(|v| !event.has_variable(v))
+        .filter(|v| !event.has_variable(v) && !matches!(v.as_str(), "branding" | "locale"))
         .collect();
     if !unknown.is_empty() {
         unknown.sort();
         let allowed: Vec<&str> = event.all_variables().map(|v| v.name).collect();
-        errors.add(
-            field,
+        return Err(fail(
             "unknown_variable",
             format!(
-                "{field} uses {} that {} does not have; it may use: {}",
+                "uses {} that {} does not have; it may use: {}, branding, locale",
                 unknown.join(", "),
                 event.name,
                 allowed.join(", ")
             ),
-        );
-        return false;
+        ));
     }
-    for longest in [false, true] {
-        match crate::sandbox::render(subject, &example_data(event, longest)) {
-            Ok(rendered) if !longest => {
-                let chars = crate::mail::message::one_line(&rendered).chars().count();
-                if chars > crate::notifications::render::MAX_RENDERED_SUBJECT_CHARS {
-                    errors.add(
-                        field,
-                        "too_long",
-                        format!(
-                            "{field} renders to {chars} characters with example data; subjects are cut at {}",
-                            crate::notifications::render::MAX_RENDERED_SUBJECT_CHARS
-                        ),
-                    );
-                    return false;
-                }
-            }
-            Ok(_) => {}
-            Err(refusal) => {
-                errors.add(
-                    field,
-                    refusal.code(),
-                    format!("{field} cannot be used: {refusal}"),
-                );
-                return false;
-            }
+    // Bounds first (the longest data), then the length with typical data.
+    let mut example = String::new();
+    for (data, typical) in [(event.longest_data(), false), (event.example_data(), true)] {
+        let ctx = minijinja::Value::from(minijinja::value::Serde(&data));
+        let rendered = crate::sandbox::render(subject, &ctx)
+            .map_err(|r| fail(r.code(), format!("cannot be used: {r}")))?;
+        if typical {
+            example = rendered;
         }
     }
-    true
+    let chars = crate::mail::message::one_line(&example).chars().count();
+    if chars > crate::sandbox::MAX_RENDERED_SUBJECT_CHARS {
+        return Err(fail(
+            "too_long",
+            format!(
+                "renders to {chars} characters with example data; subjects are cut at {}",
+                crate::sandbox::MAX_RENDERED_SUBJECT_CHARS
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The subject template in effect for `event`.
