@@ -2,6 +2,8 @@
 //! messages sent. Knows nothing of settings storage: callers describe the transport.
 
 pub mod message;
+pub mod oauth;
+pub mod policy;
 pub mod probe;
 pub mod transport;
 

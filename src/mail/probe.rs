@@ -10,14 +10,17 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::Address;
+use secrecy::SecretString;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use utoipa::ToSchema;
 
 use super::message::{self, Content, Sender};
+use super::oauth::TokenSource;
 use super::transport::{
-    connect_tcp, resolve_checked, HostRefused, MailContext, Security, SmtpStream, SmtpTarget,
+    connect_tcp, resolve_checked, xoauth2, HostRefused, MailContext, Security, SmtpStream, SmtpTarget,
+    Xoauth2Failure,
 };
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -43,7 +46,8 @@ pub struct Step {
 pub struct TestError {
     /// dns_failed, connection_refused, connection_timeout, timeout, tls_failed, certificate_invalid,
     /// starttls_unsupported, auth_unsupported, auth_failed, sender_rejected, recipient_rejected,
-    /// message_rejected, host_not_allowed.
+    /// message_rejected, host_not_allowed, oauth_token_failed, oauth_invalid_client,
+    /// oauth_invalid_grant, oauth_unreachable.
     pub code: &'static str,
     pub step: &'static str,
     pub message: String,
@@ -284,6 +288,10 @@ pub async fn run(ctx: &MailContext, req: ProbeRequest<'_>) -> TestReport {
 /// The steps in order, as far as they get; Ok(true) when a test message was accepted.
 async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> StepResult<bool> {
     let t = req.target;
+    let token = match &t.oauth {
+        Some(source) => Some(oauth_token_step(ctx, run, source).await?),
+        None => None,
+    };
     let addrs = resolve_step(ctx, run, t).await?;
     let (tcp, peer) = connect_step(run, t, &addrs).await?;
     let tls_params = t
@@ -295,14 +303,124 @@ async fn steps(ctx: &MailContext, run: &mut Run<'_>, req: &ProbeRequest<'_>) -> 
     if t.security == Security::Starttls {
         starttls_step(run, t, &mut conn, &tls_params, &client_id).await?;
     }
-    if let Some(credentials) = t.credentials() {
-        auth_step(run, t, &mut conn, &credentials).await?;
+    match (&token, &t.username) {
+        (Some(token), Some(user)) => xoauth2_step(run, t, &mut conn, user, token).await?,
+        _ => {
+            if let Some(credentials) = t.credentials() {
+                auth_step(run, t, &mut conn, &credentials).await?;
+            }
+        }
     }
     let (Some(sender), Some(to)) = (req.sender, req.to) else {
         let _ = with_timeout(t.timeout, conn.quit()).await;
         return Ok(false);
     };
     send_step(run, t, &mut conn, sender, to).await
+}
+
+/// `oauth_token`: a fresh access token from the provider (the cache is bypassed: a test checks
+/// the credentials as they are now).
+async fn oauth_token_step(
+    ctx: &MailContext,
+    run: &mut Run<'_>,
+    source: &TokenSource,
+) -> StepResult<SecretString> {
+    let at = Instant::now();
+    match super::oauth::fetch(&ctx.policy, source).await {
+        Ok(token) => {
+            run.record("oauth_token", at, true, "access token received".into(), None);
+            Ok(token.token)
+        }
+        Err(e) => {
+            run.record("oauth_token", at, false, e.to_string(), None);
+            Err(error(e.kind.code(), "oauth_token", e.to_string(), e.hint()))
+        }
+    }
+}
+
+/// `auth` with `AUTH XOAUTH2`: a refusal is explained from the server's decoded challenge.
+async fn xoauth2_step(
+    run: &mut Run<'_>,
+    t: &SmtpTarget,
+    conn: &mut AsyncSmtpConnection,
+    user: &str,
+    token: &SecretString,
+) -> StepResult<()> {
+    let secs = t.timeout.as_secs();
+    let at = Instant::now();
+    let Some(result) = with_timeout(t.timeout, xoauth2(conn, user, token)).await else {
+        run.record("auth", at, false, format!("no answer within {secs} s"), None);
+        return Err(error(
+            "timeout",
+            "auth",
+            format!("AUTH got no answer within {secs} s"),
+            None,
+        ));
+    };
+    match result {
+        Ok(response) => {
+            run.record(
+                "auth",
+                at,
+                true,
+                format!("AUTH XOAUTH2 accepted for {user}"),
+                Some(u16::from(response.code())),
+            );
+            Ok(())
+        }
+        Err(Xoauth2Failure::NotOffered) => {
+            run.record(
+                "auth",
+                at,
+                false,
+                "XOAUTH2 is not among the advertised extensions".into(),
+                None,
+            );
+            Err(error(
+                "auth_unsupported",
+                "auth",
+                format!("{} does not offer AUTH XOAUTH2", t.host),
+                Some("servers often offer AUTH only after STARTTLS: use \"security\": \"starttls\" on port 587".into()),
+            ))
+        }
+        Err(Xoauth2Failure::Smtp(e)) => {
+            run.record("auth", at, false, error_chain(&e), e.status().map(u16::from));
+            Err(run.smtp_error("auth", &e, "auth_failed", "AUTH XOAUTH2"))
+        }
+        Err(Xoauth2Failure::Rejected { challenge, reply }) => {
+            let code = reply.as_ref().and_then(|e| e.status()).map(u16::from);
+            let explained = challenge.clone().unwrap_or_else(|| {
+                reply
+                    .as_ref()
+                    .map(|e| error_chain(e))
+                    .unwrap_or_else(|| "refused".into())
+            });
+            run.record(
+                "auth",
+                at,
+                false,
+                format!("AUTH XOAUTH2 rejected: {explained}"),
+                code,
+            );
+            let host = t.host.to_ascii_lowercase();
+            let hint = if host.contains("office365") || host.contains("outlook") {
+                "Microsoft: enable SMTP AUTH for the mailbox (Set-CASMailbox -SmtpClientAuthenticationDisabled $false), and grant the app's service principal send rights in Exchange (New-ServicePrincipal, then Add-MailboxPermission FullAccess)"
+            } else if host.contains("gmail") || host.contains("google") {
+                "Google: grant the service account's client id domain-wide delegation for https://mail.google.com/ in the Admin console, and use the mailbox as username"
+            } else {
+                "the server refused the access token: check that username is the mailbox the token was issued for, and the token's scope"
+            };
+            Err(error(
+                "auth_failed",
+                "auth",
+                format!(
+                    "{} refused the OAuth access token for {user}: {explained}",
+                    t.host
+                ),
+                Some(hint.into()),
+            ))
+        }
+    }
 }
 
 /// `resolve`: DNS, with the host policy applied to every address.

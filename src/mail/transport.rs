@@ -8,7 +8,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -37,8 +37,10 @@ pub struct MailContext {
     /// file I/O that must not run on async threads for every SMTP test or settings version.
     system_roots: std::sync::Arc<Vec<Vec<u8>>>,
     helo_name: Option<String>,
-    /// `MAILROOM_SMTP_ALLOWED_HOSTS`: when set, the only hosts mail may connect to.
-    allowed_hosts: Option<Vec<String>>,
+    /// Where SMTP sessions and token requests may connect.
+    pub policy: HostPolicy,
+    /// OAuth access tokens, shared by every session of this process.
+    pub tokens: super::oauth::TokenCache,
 }
 
 impl MailContext {
@@ -81,7 +83,10 @@ impl MailContext {
             extra_roots,
             system_roots: std::sync::Arc::new(system_roots),
             helo_name: config.smtp_helo_name.clone(),
-            allowed_hosts: config.smtp_allowed_hosts.clone(),
+            policy: HostPolicy {
+                allowed_hosts: config.smtp_allowed_hosts.clone(),
+            },
+            tokens: Default::default(),
         })
     }
 
@@ -94,11 +99,7 @@ impl MailContext {
 
     /// Whether the allow-list (if any) names `host`, compared without case and trailing dot.
     pub fn host_allowed(&self, host: &str) -> bool {
-        let norm = |h: &str| h.trim().trim_end_matches('.').to_ascii_lowercase();
-        let host = norm(host);
-        self.allowed_hosts
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|allowed| norm(allowed) == host))
+        self.policy.host_allowed(host)
     }
 }
 
@@ -122,61 +123,7 @@ fn split_pem_certificates(pem: &str) -> Vec<Vec<u8>> {
     blocks
 }
 
-/// Addresses no SMTP connection may reach: link-local (including cloud metadata at
-/// 169.254.169.254), Alibaba Cloud's metadata address 100.100.100.200 and the AWS IPv6 metadata
-/// address. IPv6 forms that carry an IPv4 address (mapped, compatible, translated, NAT64, 6to4,
-/// Teredo) are judged by that IPv4 address. Loopback and private ranges stay allowed, because
-/// local relays are common.
-pub fn is_forbidden_address(ip: IpAddr) -> bool {
-    const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-    const ALIBABA_METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
-    let forbidden_v4 = |v4: Ipv4Addr| v4.is_link_local() || v4 == ALIBABA_METADATA;
-    match ip {
-        IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => {
-            v6 == AWS_METADATA_V6
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || embedded_ipv4(v6).into_iter().any(forbidden_v4)
-        }
-    }
-}
-
-/// The IPv4 addresses an IPv6 address stands for, by the transition mechanisms that embed one.
-fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
-    let s = v6.segments();
-    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
-    let mut found = Vec::new();
-    // ::ffff:a.b.c.d (mapped), ::a.b.c.d (compatible), ::ffff:0:a.b.c.d (translated).
-    if s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) {
-        found.push(v4(s[6], s[7]));
-    }
-    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
-        found.push(v4(s[6], s[7]));
-    }
-    // NAT64: 64:ff9b::/96 (well-known) and 64:ff9b:1::/48 (local use), IPv4 in the last 32 bits.
-    if s[0] == 0x64 && s[1] == 0xff9b {
-        found.push(v4(s[6], s[7]));
-    }
-    // 6to4: 2002:AABB:CCDD::/48.
-    if s[0] == 0x2002 {
-        found.push(v4(s[1], s[2]));
-    }
-    // Teredo: 2001:0::/32; server IPv4 in bits 32-63, client IPv4 inverted in the last 32 bits.
-    if s[0] == 0x2001 && s[1] == 0 {
-        found.push(v4(s[2], s[3]));
-        found.push(v4(!s[6], !s[7]));
-    }
-    found
-}
-
-/// Why a host may not be contacted.
-#[derive(Debug, thiserror::Error)]
-pub enum HostRefused {
-    #[error("{host} is not in MAILROOM_SMTP_ALLOWED_HOSTS")]
-    NotAllowed { host: String },
-    #[error("{host} resolves to {ip}, a link-local or cloud metadata address")]
-    Forbidden { host: String, ip: IpAddr },
-}
+pub use super::policy::{is_forbidden_address, HostPolicy, HostRefused};
 
 /// Resolves `host:port` and applies the host policy to every address it resolves to.
 pub async fn resolve_checked(
@@ -184,19 +131,7 @@ pub async fn resolve_checked(
     host: &str,
     port: u16,
 ) -> Result<Result<Vec<SocketAddr>, HostRefused>, std::io::Error> {
-    if !ctx.host_allowed(host) {
-        return Ok(Err(HostRefused::NotAllowed {
-            host: host.to_string(),
-        }));
-    }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    if let Some(bad) = addrs.iter().find(|a| is_forbidden_address(a.ip())) {
-        return Ok(Err(HostRefused::Forbidden {
-            host: host.to_string(),
-            ip: bad.ip(),
-        }));
-    }
-    Ok(Ok(addrs))
+    super::policy::resolve_checked(&ctx.policy, host, port).await
 }
 
 /// A stream lettre can drive: a TCP or TLS stream we opened (with TCP_NODELAY: SMTP is a
@@ -313,6 +248,10 @@ pub enum ConnectError {
     Smtp(#[from] lettre::transport::smtp::Error),
     #[error("{step} did not complete within {secs} s")]
     Timeout { step: &'static str, secs: u64 },
+    #[error("no OAuth access token: {0}")]
+    OAuth(#[from] super::oauth::OAuthError),
+    #[error("the server refused the OAuth access token (AUTH XOAUTH2){}", .challenge.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
+    TokenRejected { challenge: Option<String> },
 }
 
 /// How the connection is secured.
@@ -364,6 +303,8 @@ pub struct SmtpTarget {
     pub password: Option<SecretString>,
     pub timeout: Duration,
     pub tls_verify: bool,
+    /// Set for `AUTH XOAUTH2`: where the access token comes from (`password` is then unused).
+    pub oauth: Option<super::oauth::TokenSource>,
 }
 
 impl SmtpTarget {
@@ -416,6 +357,29 @@ impl SmtpTarget {
         ctx: &MailContext,
         tls: &TlsParameters,
     ) -> Result<AsyncSmtpConnection, ConnectError> {
+        let Some(source) = &self.oauth else {
+            return self.connect_with(ctx, tls, None).await;
+        };
+        let token = ctx.tokens.get(&ctx.policy, source).await?;
+        match self.connect_with(ctx, tls, Some(&token.token)).await {
+            // A refused token is fetched again once (it may have been revoked or rotated early)
+            // before the attempt counts as failed.
+            Err(ConnectError::TokenRejected { .. }) => {
+                ctx.tokens.invalidate(source);
+                let token = ctx.tokens.get(&ctx.policy, source).await?;
+                self.connect_with(ctx, tls, Some(&token.token)).await
+            }
+            other => other,
+        }
+    }
+
+    /// One session with the password, or with `token` for XOAUTH2.
+    async fn connect_with(
+        &self,
+        ctx: &MailContext,
+        tls: &TlsParameters,
+        token: Option<&SecretString>,
+    ) -> Result<AsyncSmtpConnection, ConnectError> {
         let limit = self.timeout;
         let secs = limit.as_secs();
         let timed = |step: &'static str| move |_| ConnectError::Timeout { step, secs };
@@ -456,15 +420,89 @@ impl SmtpTarget {
                 .await
                 .map_err(timed("STARTTLS"))??;
         }
-        if let Some(credentials) = self.credentials() {
-            tokio::time::timeout(
-                limit,
-                conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials),
-            )
-            .await
-            .map_err(timed("AUTH"))??;
+        match (token, &self.username) {
+            (Some(token), Some(user)) => {
+                match tokio::time::timeout(limit, xoauth2(&mut conn, user, token))
+                    .await
+                    .map_err(timed("AUTH"))?
+                {
+                    Ok(_) => {}
+                    Err(Xoauth2Failure::Rejected { challenge, .. }) => {
+                        return Err(ConnectError::TokenRejected { challenge })
+                    }
+                    Err(Xoauth2Failure::Smtp(e)) => return Err(e.into()),
+                    Err(Xoauth2Failure::NotOffered) => {
+                        return Err(ConnectError::Io(std::io::Error::other(
+                            "the server does not offer AUTH XOAUTH2",
+                        )))
+                    }
+                }
+            }
+            _ => {
+                if let Some(credentials) = self.credentials() {
+                    tokio::time::timeout(
+                        limit,
+                        conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials),
+                    )
+                    .await
+                    .map_err(timed("AUTH"))??;
+                }
+            }
         }
         Ok(conn)
+    }
+}
+
+/// A command line sent as is (lettre adds nothing).
+struct RawCommand(String);
+
+impl fmt::Display for RawCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\r\n", self.0)
+    }
+}
+
+/// Why `AUTH XOAUTH2` did not succeed.
+pub enum Xoauth2Failure {
+    /// The server refused the token; `challenge` is its decoded explanation, `reply` its last answer.
+    Rejected {
+        challenge: Option<String>,
+        reply: Option<lettre::transport::smtp::Error>,
+    },
+    /// The server does not advertise XOAUTH2.
+    NotOffered,
+    /// Not an answer to the token (the connection failed).
+    Smtp(lettre::transport::smtp::Error),
+}
+
+/// `AUTH XOAUTH2` with the initial response. A server that refuses the token answers 334 with a
+/// base64 JSON explanation, to which the client sends an empty line and gets the final refusal;
+/// lettre's own mechanism cannot read that explanation, so the exchange is done here.
+pub async fn xoauth2(
+    conn: &mut AsyncSmtpConnection,
+    user: &str,
+    token: &SecretString,
+) -> Result<lettre::transport::smtp::response::Response, Xoauth2Failure> {
+    use base64::Engine;
+    if !conn.server_info().supports_auth_mechanism(Mechanism::Xoauth2) {
+        return Err(Xoauth2Failure::NotOffered);
+    }
+    let initial = base64::engine::general_purpose::STANDARD.encode(format!(
+        "user={user}\x01auth=Bearer {}\x01\x01",
+        token.expose_secret()
+    ));
+    match conn.command(RawCommand(format!("AUTH XOAUTH2 {initial}"))).await {
+        Ok(r) if r.has_code(334) => {
+            let challenge = r.first_line().and_then(super::oauth::decode_challenge);
+            let reply = conn.command(RawCommand(String::new())).await.err();
+            Err(Xoauth2Failure::Rejected { challenge, reply })
+        }
+        Ok(r) => Ok(r),
+        Err(e) if e.is_permanent() || e.is_transient() => Err(Xoauth2Failure::Rejected {
+            challenge: None,
+            reply: Some(e),
+        }),
+        Err(e) => Err(Xoauth2Failure::Smtp(e)),
     }
 }
 
@@ -506,12 +544,16 @@ mod tests {
     #[test]
     fn the_allow_list_matches_host_names_case_insensitively() {
         let ctx = MailContext {
-            allowed_hosts: Some(vec!["smtp.example.com".into()]),
+            policy: HostPolicy {
+                allowed_hosts: Some(vec!["smtp.example.com".into()]),
+            },
             ..Default::default()
         };
         assert!(ctx.host_allowed("SMTP.example.com."));
         let upper = MailContext {
-            allowed_hosts: Some(vec!["LOCALHOST.".into()]),
+            policy: HostPolicy {
+                allowed_hosts: Some(vec!["LOCALHOST.".into()]),
+            },
             ..Default::default()
         };
         assert!(upper.host_allowed("localhost") && upper.host_allowed("LocalHost."));

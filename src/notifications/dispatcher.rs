@@ -283,6 +283,7 @@ impl Dispatcher {
 
     /// Refreshes the route from the settings and moves rows between held, queued and expired.
     async fn maintain(&mut self) -> Result<(), ApiError> {
+        self.store_rotated_refresh_token().await;
         let db = self.db.clone();
         let (smtp, admin) = db
             .read(|conn| Ok((smtp::load(conn)?, admin_email::load(conn)?)))
@@ -320,6 +321,43 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Saves a refresh token the provider rotated, so that a restart does not fall back to the
+    /// old one (which the provider may no longer accept).
+    async fn store_rotated_refresh_token(&self) {
+        let Some(route) = &self.route else { return };
+        let Some(source) = &route.target.oauth else { return };
+        let Some(token) = self.mail.tokens.rotated_refresh_token(source) else {
+            return;
+        };
+        let (cipher, version) = (self.cipher.clone(), route.version);
+        let saved = self
+            .db
+            .write(move |conn| {
+                let Some(stored) = smtp::load(conn)? else {
+                    return Ok(false);
+                };
+                // Only onto the settings the token was issued for.
+                if stored.version != version {
+                    return Ok(false);
+                }
+                let Some(oauth) = &stored.value.oauth2 else {
+                    return Ok(false);
+                };
+                let next = crate::settings::smtp::SmtpSettings {
+                    oauth2: Some(oauth.with_refresh_token(&cipher, &token)?),
+                    ..stored.value.clone()
+                };
+                crate::settings::store::save(conn, smtp::KEY, next, version, "mailroom")?;
+                Ok(true)
+            })
+            .await;
+        match saved {
+            Ok(true) => tracing::info!("stored the refresh token the OAuth provider rotated"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = e.chain(), "storing a rotated refresh token failed"),
+        }
+    }
+
     async fn build_route(
         &self,
         stored: &crate::settings::store::Stored<smtp::SmtpSettings>,
@@ -327,7 +365,8 @@ impl Dispatcher {
         let settings = &stored.value;
         let sender = settings.sender().ok_or("no default From address is configured")?;
         let password = settings.unseal_password(&self.cipher).map_err(|e| e.chain())?;
-        let target = settings.target(password);
+        let oauth = settings.token_source(&self.cipher).map_err(|e| e.chain())?;
+        let target = settings.target_with(password, oauth);
         // A DNS failure may be temporary: keep trying to send; each attempt reports it.
         if let Ok(Err(refused)) = resolve_checked(&self.mail, &target.host, target.port).await {
             return Err(format!("refusing to connect: {refused}"));
@@ -617,6 +656,7 @@ mod tests {
             password: Some(SecretString::from("hunter2".to_string())),
             timeout: Duration::from_secs(1),
             tls_verify: true,
+            oauth: None,
         };
         let forms = target.secret_forms();
         let echoed = format!("535 bad credentials {} for hunter2 ({})", forms[0], forms[1]);

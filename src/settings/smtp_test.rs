@@ -97,12 +97,18 @@ pub async fn test_smtp(
     }
     errors.finish()?;
 
+    if let Some(oauth) = draft.as_ref().and_then(|d| d.oauth2.as_ref()) {
+        oauth
+            .check_token_url(&state.mail, "settings.oauth2.token_url")
+            .await?;
+    }
     let saved = state.db.read(smtp::load).await?.map(|s| s.value);
     let (settings, password) = match &draft {
-        Some(d) => (
-            d.to_settings(),
-            d.password_for_test(saved.as_ref(), &state.cipher)?,
-        ),
+        Some(d) => {
+            let mut settings = d.to_settings();
+            settings.oauth2 = d.oauth_settings(saved.as_ref(), &state.cipher)?;
+            (settings, d.password_for_test(saved.as_ref(), &state.cipher)?)
+        }
         None => {
             let s = saved.clone().ok_or_else(|| ApiError::Conflict {
                 code: "smtp_not_configured",
@@ -130,7 +136,7 @@ pub async fn test_smtp(
         return Err(ApiError::TooManyRequests { retry_after });
     }
 
-    let target = settings.target(password);
+    let target = settings.target_with(password, settings.token_source(&state.cipher)?);
     let redact = target.secret_forms();
     let to_address = to
         .as_deref()

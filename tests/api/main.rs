@@ -11,6 +11,7 @@ mod delivery_faults;
 mod durability;
 mod errors;
 mod notifications;
+mod oauth;
 mod openapi;
 mod security_review;
 mod settings_smtp;

@@ -103,6 +103,8 @@ pub struct Behaviour {
     pub hang_first: usize,
     /// Wait this long before answering the end of DATA (a slow server).
     pub data_delay: Option<Duration>,
+    /// Offer AUTH XOAUTH2 and accept these bearer tokens (any user).
+    pub xoauth2_tokens: Option<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -266,17 +268,22 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
-        let (starttls_offered, auth, after_tls_only, echo, mechanisms) = {
+        let (starttls_offered, auth, after_tls_only, echo, mechanisms, bearer) = {
             let b = shared.behaviour.lock().unwrap();
             (
                 b.starttls.is_some() && !tls,
                 b.auth.clone(),
                 b.auth_after_tls_only,
                 b.echo_credentials,
-                b.auth_mechanisms.unwrap_or("PLAIN LOGIN"),
+                b.auth_mechanisms.unwrap_or(if b.xoauth2_tokens.is_some() {
+                    "XOAUTH2"
+                } else {
+                    "PLAIN LOGIN"
+                }),
+                b.xoauth2_tokens.clone(),
             )
         };
-        let auth_offered = auth.is_some() && (tls || !after_tls_only);
+        let auth_offered = (auth.is_some() || bearer.is_some()) && (tls || !after_tls_only);
         if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             let mut lines = vec!["250-test.local".to_string()];
             if starttls_offered {
@@ -290,6 +297,35 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper == "STARTTLS" && starttls_offered {
             reply(&mut io, "220 2.0.0 Ready to start TLS").await?;
             return Ok(Some(io.into_inner()));
+        } else if upper.starts_with("AUTH XOAUTH2") && auth_offered && bearer.is_some() {
+            let payload = cmd.split_whitespace().nth(2).unwrap_or("").to_string();
+            let decoded = b64(&payload);
+            let user = decoded
+                .split('\x01')
+                .find_map(|p| p.strip_prefix("user="))
+                .unwrap_or("")
+                .to_string();
+            let token = decoded
+                .split('\x01')
+                .find_map(|p| p.strip_prefix("auth=Bearer "))
+                .unwrap_or("")
+                .to_string();
+            shared
+                .auth_attempts
+                .lock()
+                .unwrap()
+                .push((user.clone(), token.clone()));
+            if bearer.as_ref().is_some_and(|b| b.contains(&token)) {
+                authed = Some(user);
+                reply(&mut io, "235 2.7.0 Accepted").await?;
+            } else {
+                let challenge = base64::engine::general_purpose::STANDARD
+                    .encode(r#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#);
+                reply(&mut io, &format!("334 {challenge}")).await?;
+                line.clear();
+                io.read_line(&mut line).await?;
+                reply(&mut io, "535 5.7.8 Username and Password not accepted").await?;
+            }
         } else if upper.starts_with("AUTH ") && auth_offered {
             let (user, pass) = auth.clone().unwrap_or_default();
             let parts: Vec<&str> = cmd.split_whitespace().collect();
@@ -343,7 +379,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         } else if upper.starts_with("MAIL FROM:") {
             let custom = shared.behaviour.lock().unwrap().mail_reply.clone();
-            if auth.is_some() && authed.is_none() {
+            if (auth.is_some() || bearer.is_some()) && authed.is_none() {
                 reply(&mut io, "530 5.7.0 Authentication required").await?;
             } else if let Some((code, text)) = custom {
                 reply(&mut io, &format!("{code} {text}")).await?;

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::oauth::{AuthKind, OAuth2View};
 use super::{load, Security, SmtpSettings, SmtpSettingsInput, DEFAULT_TIMEOUT_SECONDS, KEY};
 use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
@@ -32,6 +33,10 @@ pub struct SmtpSettingsView {
     pub timeout_seconds: u32,
     pub tls_verify: bool,
     pub allow_insecure_auth: bool,
+    /// `password` or `oauth2`.
+    pub auth: AuthKind,
+    /// The OAuth provider (secrets only as `*_set`), for `"auth": "oauth2"`.
+    pub oauth2: Option<OAuth2View>,
     pub updated_at: Option<DateTime<Utc>>,
     /// The `sub` of the token that made the last change.
     pub updated_by: Option<String>,
@@ -53,6 +58,8 @@ impl SmtpSettingsView {
                 timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
                 tls_verify: true,
                 allow_insecure_auth: false,
+                auth: AuthKind::Password,
+                oauth2: None,
                 updated_at: None,
                 updated_by: None,
             },
@@ -71,6 +78,8 @@ impl SmtpSettingsView {
                     timeout_seconds: v.timeout_seconds,
                     tls_verify: v.tls_verify,
                     allow_insecure_auth: v.allow_insecure_auth,
+                    auth: v.auth,
+                    oauth2: v.oauth2.as_ref().map(OAuth2View::from),
                     updated_at: Some(millis_to_datetime(s.updated_at)),
                     updated_by: Some(s.updated_by.clone()),
                 }
@@ -138,6 +147,9 @@ pub async fn put_smtp(
     let draft = body.into_inner().0.parse("", &mut errors);
     errors.finish()?;
     let draft = draft.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("validated draft missing")))?;
+    if let Some(oauth) = &draft.oauth2 {
+        oauth.check_token_url(&state.mail, "oauth2.token_url").await?;
+    }
     let if_match = if_match_header(&req);
     let actor = auth.sub().to_string();
     let app = state.clone();

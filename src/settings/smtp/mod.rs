@@ -1,6 +1,9 @@
 //! SMTP settings: host, port, security, credentials, default From, Reply-To, timeouts.
 
 pub mod http;
+pub mod oauth;
+
+use self::oauth::{AuthKind, OAuth2Draft, OAuth2Input, OAuth2Settings};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -35,6 +38,11 @@ pub struct SmtpSettings {
     pub timeout_seconds: u32,
     pub tls_verify: bool,
     pub allow_insecure_auth: bool,
+    /// Password (default) or OAuth 2.0; documents from before OAuth read as password.
+    #[serde(default)]
+    pub auth: AuthKind,
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Settings>,
 }
 
 impl SmtpSettings {
@@ -43,9 +51,38 @@ impl SmtpSettings {
         unseal(cipher, self.password.as_deref())
     }
 
+    /// Where tokens come from, when the account uses OAuth (secrets unsealed here).
+    pub fn token_source(
+        &self,
+        cipher: &SecretCipher,
+    ) -> Result<Option<crate::mail::oauth::TokenSource>, ApiError> {
+        match (&self.auth, &self.oauth2) {
+            (AuthKind::Oauth2, Some(o)) => Ok(Some(o.token_source(
+                cipher,
+                self.username.as_deref().unwrap_or(""),
+                std::time::Duration::from_secs(self.timeout_seconds.into()),
+            )?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Where and how to connect, with `password` (already unsealed, or a draft's own) or, for
+    /// OAuth, the token source.
+    pub fn target_with(
+        &self,
+        password: Option<SecretString>,
+        oauth: Option<crate::mail::oauth::TokenSource>,
+    ) -> SmtpTarget {
+        SmtpTarget {
+            oauth,
+            ..self.target(password)
+        }
+    }
+
     /// Where and how to connect, with `password` (already unsealed, or a draft's own).
     pub fn target(&self, password: Option<SecretString>) -> SmtpTarget {
         SmtpTarget {
+            oauth: None,
             host: self.host.clone(),
             port: self.port,
             security: self.security,
@@ -131,6 +168,14 @@ pub struct SmtpSettingsInput {
     #[serde(default)]
     #[schema(value_type = Option<bool>)]
     pub allow_insecure_auth: Field<bool>,
+    /// `password` (default) or `oauth2` (then `username` is the mailbox and `oauth2` is required).
+    #[serde(default)]
+    #[schema(value_type = Option<AuthKind>)]
+    pub auth: Field<String>,
+    /// The OAuth provider, for `"auth": "oauth2"`.
+    #[serde(default)]
+    #[schema(value_type = Option<OAuth2Input>)]
+    pub oauth2: Field<OAuth2Input>,
 }
 
 /// What a request wants done with the stored password.
@@ -155,6 +200,59 @@ pub struct SmtpDraft {
     pub timeout_seconds: u32,
     pub tls_verify: bool,
     pub allow_insecure_auth: bool,
+    pub auth: AuthKind,
+    pub oauth2: Option<OAuth2Draft>,
+}
+
+/// `auth` and `oauth2`: the provider is required (and `username`, the mailbox) for OAuth.
+fn parse_auth(
+    prefix: &str,
+    auth: Field<String>,
+    oauth2: Field<OAuth2Input>,
+    has_username: bool,
+    errors: &mut Errors,
+) -> (AuthKind, Option<OAuth2Draft>) {
+    let f = |name: &str| format!("{prefix}{name}");
+    let auth = match errors.optional(&f("auth"), auth, "a string").as_deref() {
+        None | Some("password") => AuthKind::Password,
+        Some("oauth2") => AuthKind::Oauth2,
+        Some(_) => {
+            errors.add(
+                f("auth"),
+                "invalid_choice",
+                format!("{} must be password or oauth2", f("auth")),
+            );
+            AuthKind::Password
+        }
+    };
+    let oauth2 = match oauth2 {
+        Field::Value(o) if auth == AuthKind::Oauth2 => o.parse(&f("oauth2."), errors),
+        Field::Invalid => {
+            errors.add(
+                f("oauth2"),
+                "invalid_type",
+                format!("{} must be an object", f("oauth2")),
+            );
+            None
+        }
+        _ if auth == AuthKind::Oauth2 => {
+            errors.add(
+                f("oauth2"),
+                "required",
+                format!("{} is required for \"auth\": \"oauth2\"", f("oauth2")),
+            );
+            None
+        }
+        _ => None,
+    };
+    if auth == AuthKind::Oauth2 && !has_username {
+        errors.add(
+            f("username"),
+            "required",
+            "username (the mailbox) is required for \"auth\": \"oauth2\"",
+        );
+    }
+    (auth, oauth2)
 }
 
 /// Empty strings from form fields mean "not set".
@@ -279,6 +377,7 @@ impl SmtpSettingsInput {
                 "true or false",
             )
             .unwrap_or(false);
+        let (auth, oauth2) = parse_auth(prefix, self.auth, self.oauth2, username.is_some(), errors);
         if security == Some(Security::None) && username.is_some() && !allow_insecure_auth {
             errors.add(
                 f("security"),
@@ -298,6 +397,8 @@ impl SmtpSettingsInput {
             timeout_seconds,
             tls_verify,
             allow_insecure_auth,
+            auth,
+            oauth2,
         })
     }
 }
@@ -359,6 +460,8 @@ impl SmtpDraft {
             timeout_seconds: self.timeout_seconds,
             tls_verify: self.tls_verify,
             allow_insecure_auth: self.allow_insecure_auth,
+            auth: self.auth,
+            oauth2: None,
         }
     }
 
@@ -369,14 +472,32 @@ impl SmtpDraft {
         cipher: &SecretCipher,
     ) -> Result<SmtpSettings, ApiError> {
         let password = match self.password_source(saved) {
+            _ if self.auth == AuthKind::Oauth2 => None,
             PasswordSource::New(p) => Some(cipher.encrypt(PASSWORD_PURPOSE, p.expose_secret())?),
             PasswordSource::Saved(sealed) => Some(sealed.to_string()),
             PasswordSource::None => None,
         };
         Ok(SmtpSettings {
             password,
+            oauth2: self.oauth_settings(saved, cipher)?,
             ..self.to_settings()
         })
+    }
+
+    /// The provider settings of an OAuth draft, secrets sealed or carried over by the keep rule.
+    pub fn oauth_settings(
+        &self,
+        saved: Option<&SmtpSettings>,
+        cipher: &SecretCipher,
+    ) -> Result<Option<OAuth2Settings>, ApiError> {
+        match (&self.auth, &self.oauth2) {
+            (AuthKind::Oauth2, Some(draft)) => Ok(Some(draft.to_settings(
+                saved.and_then(|s| s.oauth2.as_ref()),
+                cipher,
+                "oauth2.",
+            )?)),
+            _ => Ok(None),
+        }
     }
 }
 

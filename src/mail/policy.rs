@@ -1,0 +1,100 @@
+//! Where mail may connect: the allow-list of `MAILROOM_SMTP_ALLOWED_HOSTS`, and addresses never
+//! contacted (link-local, cloud metadata, also when spelled as IPv6 forms that embed them). Both
+//! SMTP sessions and OAuth token requests go through it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The allow-list from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct HostPolicy {
+    /// When set, the only hosts that may be contacted.
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+impl HostPolicy {
+    /// Whether the allow-list (if any) names `host`, compared without case and trailing dot.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let norm = |h: &str| h.trim().trim_end_matches('.').to_ascii_lowercase();
+        let host = norm(host);
+        self.allowed_hosts
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|allowed| norm(allowed) == host))
+    }
+}
+
+/// Addresses no SMTP connection may reach: link-local (including cloud metadata at
+/// 169.254.169.254), Alibaba Cloud's metadata address 100.100.100.200 and the AWS IPv6 metadata
+/// address. IPv6 forms that carry an IPv4 address (mapped, compatible, translated, NAT64, 6to4,
+/// Teredo) are judged by that IPv4 address. Loopback and private ranges stay allowed, because
+/// local relays are common.
+pub fn is_forbidden_address(ip: IpAddr) -> bool {
+    const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    const ALIBABA_METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
+    let forbidden_v4 = |v4: Ipv4Addr| v4.is_link_local() || v4 == ALIBABA_METADATA;
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => {
+            v6 == AWS_METADATA_V6
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || embedded_ipv4(v6).into_iter().any(forbidden_v4)
+        }
+    }
+}
+
+/// The IPv4 addresses an IPv6 address stands for, by the transition mechanisms that embed one.
+fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    let mut found = Vec::new();
+    // ::ffff:a.b.c.d (mapped), ::a.b.c.d (compatible), ::ffff:0:a.b.c.d (translated).
+    if s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) {
+        found.push(v4(s[6], s[7]));
+    }
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        found.push(v4(s[6], s[7]));
+    }
+    // NAT64: 64:ff9b::/96 (well-known) and 64:ff9b:1::/48 (local use), IPv4 in the last 32 bits.
+    if s[0] == 0x64 && s[1] == 0xff9b {
+        found.push(v4(s[6], s[7]));
+    }
+    // 6to4: 2002:AABB:CCDD::/48.
+    if s[0] == 0x2002 {
+        found.push(v4(s[1], s[2]));
+    }
+    // Teredo: 2001:0::/32; server IPv4 in bits 32-63, client IPv4 inverted in the last 32 bits.
+    if s[0] == 0x2001 && s[1] == 0 {
+        found.push(v4(s[2], s[3]));
+        found.push(v4(!s[6], !s[7]));
+    }
+    found
+}
+
+/// Why a host may not be contacted.
+#[derive(Debug, thiserror::Error)]
+pub enum HostRefused {
+    #[error("{host} is not in MAILROOM_SMTP_ALLOWED_HOSTS")]
+    NotAllowed { host: String },
+    #[error("{host} resolves to {ip}, a link-local or cloud metadata address")]
+    Forbidden { host: String, ip: IpAddr },
+}
+
+/// Resolves `host:port` and applies the host policy to every address it resolves to.
+pub async fn resolve_checked(
+    ctx: &HostPolicy,
+    host: &str,
+    port: u16,
+) -> Result<Result<Vec<SocketAddr>, HostRefused>, std::io::Error> {
+    if !ctx.host_allowed(host) {
+        return Ok(Err(HostRefused::NotAllowed {
+            host: host.to_string(),
+        }));
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if let Some(bad) = addrs.iter().find(|a| is_forbidden_address(a.ip())) {
+        return Ok(Err(HostRefused::Forbidden {
+            host: host.to_string(),
+            ip: bad.ip(),
+        }));
+    }
+    Ok(Ok(addrs))
+}
