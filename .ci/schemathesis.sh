@@ -21,7 +21,7 @@ trap 'rm -rf "$work"' EXIT
 port=18471
 secret="schemathesis-secret-schemathesis-secret-0123"
 token="$(MAILROOM_JWT_SECRET="$secret" MAILROOM_DATA_DIR="$work" "$binary" token --sub schemathesis \
-  --scope 'settings:read settings:write smtp:test notifications:send notifications:read' --ttl 2h)"
+  --scope 'settings:read settings:write smtp:test notifications:send notifications:read metrics:read' --ttl 2h)"
 
 cat >"$work/run.sh" <<EOF
 set -euo pipefail

@@ -20,6 +20,7 @@ pub const ALL_SCOPES: &[&str] = &[
     "smtp:test",
     "notifications:send",
     "notifications:read",
+    "metrics:read",
 ];
 
 /// Who is calling and what they may do.
@@ -224,6 +225,7 @@ pub mod scope {
         SmtpTest => "smtp:test",
         NotificationsSend => "notifications:send",
         NotificationsRead => "notifications:read",
+        MetricsRead => "metrics:read",
     }
 }
 

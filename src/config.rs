@@ -82,6 +82,8 @@ pub struct Config {
     pub smtp_ca_file: Option<PathBuf>,
     pub smtp_helo_name: Option<String>,
     pub delivery: DeliveryConfig,
+    /// `GET /metrics` without a token (`MAILROOM_METRICS_PUBLIC`), for scrapers on a private network.
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +127,7 @@ const KNOWN_VARS: &[&str] = &[
     "MAILROOM_DELIVERY_POLL_MILLISECONDS",
     "MAILROOM_DELIVERY_BATCH_SIZE",
     "MAILROOM_SHUTDOWN_GRACE_SECONDS",
+    "MAILROOM_METRICS_PUBLIC",
 ];
 
 impl Config {
@@ -283,6 +286,7 @@ impl Config {
             smtp_ca_file,
             smtp_helo_name: get("MAILROOM_SMTP_HELO_NAME").map(str::to_string),
             delivery,
+            metrics_public: parse_bool(vars, "MAILROOM_METRICS_PUBLIC", false)?,
         })
     }
 }

@@ -147,11 +147,13 @@ fn worker(config: Config) -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(async move {
         let state = mailroom::startup::AppState::build(config).await?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let webhooks = tokio::spawn(mailroom::startup::webhook_sender(&state).run(stopped.clone()));
         let dispatcher = tokio::spawn(mailroom::startup::dispatcher(&state).run(stopped));
         startup::shutdown_signal().await;
         tracing::info!("stopping: finishing messages in flight");
         let _ = stop.send(true);
         dispatcher.await?;
+        webhooks.await?;
         Ok(())
     })
 }

@@ -26,6 +26,16 @@ use crate::routes::{self, RouteTable};
 use crate::secrets;
 pub use crate::state::AppState;
 
+/// The webhook sender for `state`'s database, keys and address policy.
+pub fn webhook_sender(state: &AppState) -> crate::webhooks::sender::Sender {
+    crate::webhooks::sender::Sender {
+        db: state.db.clone(),
+        cipher: state.cipher.clone(),
+        policy: state.mail.policy.clone(),
+        config: state.config.delivery.clone(),
+    }
+}
+
 /// The delivery dispatcher for `state`'s database, keys, mail policy and signals.
 pub fn dispatcher(state: &AppState) -> Dispatcher {
     Dispatcher::new(
@@ -85,12 +95,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let stop = Arc::new(stop);
-        let dispatcher = self
-            .state
-            .config
-            .delivery
-            .enabled
-            .then(|| tokio::spawn(dispatcher(&self.state).run(stopped)));
+        let delivery = self.state.config.delivery.enabled;
+        let webhooks = delivery.then(|| tokio::spawn(webhook_sender(&self.state).run(stopped.clone())));
+        let dispatcher = delivery.then(|| tokio::spawn(dispatcher(&self.state).run(stopped)));
         let handle = self.server.handle();
         let on_signal = stop.clone();
         let signals = tokio::spawn(async move {
@@ -103,6 +110,9 @@ impl Application {
         signals.abort();
         let _ = stop.send(true);
         if let Some(handle) = dispatcher {
+            let _ = handle.await;
+        }
+        if let Some(handle) = webhooks {
             let _ = handle.await;
         }
         result

@@ -38,6 +38,7 @@ impl AppState {
     /// Opens the database (applying migrations) and loads keys and mail policy.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::mail::install_crypto_provider();
+        crate::metrics::handle();
         let key = secrets::load_or_create_secret_key(&config)?;
         let mail = MailContext::from_config(&config)?;
         let url = config.database_url.clone();

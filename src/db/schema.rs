@@ -73,3 +73,31 @@ diesel::table! {
 
 diesel::joinable!(notification_attempts -> notifications (notification_id));
 diesel::allow_tables_to_appear_in_same_query!(notifications, notification_attempts);
+
+diesel::table! {
+    suppressions (address) {
+        address -> Text,
+        reason -> Text,
+        source -> Text,
+        notification_id -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Text,
+        endpoint_id -> Text,
+        event_type -> Text,
+        notification_id -> Nullable<Text>,
+        payload -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        lease_until -> Nullable<BigInt>,
+        last_status_code -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}

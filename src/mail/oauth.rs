@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::policy::{is_forbidden_address, resolve_checked, HostPolicy, HostRefused};
+use super::policy::HostPolicy;
 
 /// How a token is obtained.
 #[derive(Clone)]
@@ -236,73 +236,18 @@ impl TokenCache {
 
 /// The parts of a token URL that the policy checks: https (or http to loopback), a host.
 pub fn check_token_url(ctx: &HostPolicy, token_url: &str) -> Result<(url::Url, String, u16), String> {
-    let url = url::Url::parse(token_url).map_err(|_| "token_url is not a URL".to_string())?;
-    let host = url
-        .host_str()
-        .ok_or_else(|| "token_url has no host".to_string())?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        _ => return Err("token_url must be https (http only to a loopback address)".into()),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("token_url must not carry credentials".into());
-    }
-    if !ctx.host_allowed(&host) {
-        return Err(HostRefused::NotAllowed { host }.to_string());
-    }
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        if is_forbidden_address(ip) {
-            return Err(HostRefused::Forbidden { host, ip }.to_string());
-        }
-    }
-    let port = url.port_or_known_default().unwrap_or(443);
-    Ok((url, host, port))
+    crate::outbound::check_url(ctx, token_url).map_err(|e| e.replace("the URL", "token_url"))
 }
 
 /// Requests a token: the address policy applies to every address the host resolves to, the
 /// connection goes to one of those addresses (no second lookup), redirects are not followed.
 pub async fn fetch(ctx: &HostPolicy, source: &TokenSource) -> Result<AccessToken, OAuthError> {
     use OAuthErrorKind::*;
-    let (url, host, port) = check_token_url(ctx, &source.token_url)
+    let (_, host, _) = check_token_url(ctx, &source.token_url)
         .map_err(|e| OAuthError::new(Unreachable, format!("refusing the token URL: {e}")))?;
-    let addrs = match tokio::time::timeout(source.timeout, resolve_checked(ctx, &host, port)).await {
-        Err(_) => {
-            return Err(OAuthError::new(
-                Unreachable,
-                format!("{host} did not resolve in time"),
-            ))
-        }
-        Ok(Err(e)) => {
-            return Err(OAuthError::new(
-                Unreachable,
-                format!("{host} could not be resolved: {e}"),
-            ))
-        }
-        Ok(Ok(Err(refused))) => {
-            return Err(OAuthError::new(
-                Unreachable,
-                format!("refusing the token URL: {refused}"),
-            ))
-        }
-        Ok(Ok(Ok(addrs))) => addrs,
-    };
-    let mut client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(source.timeout)
-        .connect_timeout(source.timeout);
-    if host.parse::<std::net::IpAddr>().is_err() {
-        client = client.resolve_to_addrs(&host, &addrs);
-    }
-    let client = client
-        .build()
-        .map_err(|e| OAuthError::new(Failed, format!("cannot build an HTTP client: {e}")))?;
+    let (client, url) = crate::outbound::client_for(ctx, &source.token_url, source.timeout)
+        .await
+        .map_err(|e| OAuthError::new(Unreachable, format!("refusing the token URL: {e}")))?;
     let form = form(source, &url)?;
     let response = client
         .post(url)
@@ -314,14 +259,20 @@ pub async fn fetch(ctx: &HostPolicy, source: &TokenSource) -> Result<AccessToken
             let what = if e.is_timeout() { "timed out" } else { "failed" };
             OAuthError::new(
                 Unreachable,
-                format!("the token request to {host} {what}: {}", without_url(&e)),
+                format!(
+                    "the token request to {host} {what}: {}",
+                    crate::outbound::cause(&e)
+                ),
             )
         })?;
     let status = response.status();
     let body = response.bytes().await.map_err(|e| {
         OAuthError::new(
             Unreachable,
-            format!("reading the token response failed: {}", without_url(&e)),
+            format!(
+                "reading the token response failed: {}",
+                crate::outbound::cause(&e)
+            ),
         )
     })?;
     if status.is_success() {
@@ -357,21 +308,6 @@ pub async fn fetch(ctx: &HostPolicy, source: &TokenSource) -> Result<AccessToken
         description: err.error_description.map(|d| d.chars().take(500).collect()),
         detail: format!("the token endpoint answered {status}"),
     })
-}
-
-/// reqwest's errors name the URL; ours must not repeat query strings, so only the cause is kept.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut text = String::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = s.to_string();
-        source = s.source();
-    }
-    if text.is_empty() {
-        "no answer".into()
-    } else {
-        text
-    }
 }
 
 /// The form of the token request for the grant.

@@ -355,11 +355,12 @@ pub fn prepare(
         ))
     })?;
     let recipient = ctx.recipient(v.to.as_deref());
-    let held_reason = ctx.held_reason(recipient.as_deref());
-    let status = if held_reason.is_some() {
-        Status::Held
-    } else {
-        Status::Queued
+    let (status, held_reason) = match ctx.suppression(recipient.as_deref()) {
+        Some(reason) => (Status::Suppressed, Some(format!("suppressed: {reason}"))),
+        None => match ctx.held_reason(recipient.as_deref()) {
+            Some(reason) => (Status::Held, Some(reason)),
+            None => (Status::Queued, None),
+        },
     };
     let expires_at = v.expires_at.unwrap_or(now + v.event.default_ttl_seconds * 1000);
     let id = uuid::Uuid::now_v7().to_string();

@@ -69,6 +69,7 @@ pub fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
 struct InFlight {
     id: String,
     event: String,
+    recipient: Option<String>,
     attempt_count: i32,
     started_at: i64,
 }
@@ -167,6 +168,7 @@ impl Dispatcher {
                                 let info = InFlight {
                                     id: n.id.clone(),
                                     event: n.event.clone(),
+                                    recipient: n.recipient.clone(),
                                     attempt_count: n.attempt_count,
                                     started_at: now_millis(),
                                 };
@@ -244,6 +246,8 @@ impl Dispatcher {
         };
         let _ = outcomes.send(Recorded {
             id: info.id,
+            event: info.event,
+            recipient: info.recipient,
             outcome,
             attempted_at: info.started_at,
             duration_ms: attempted_at - info.started_at,
@@ -312,9 +316,10 @@ impl Dispatcher {
         let d = Deliverability {
             blocked,
             admin_email: admin,
+            suppressed: Default::default(),
         };
         let now = now_millis();
-        let queued = db.write(move |conn| Ok(store::maintain(conn, now, &d)?)).await?;
+        let queued = db.write(move |conn| store::maintain(conn, now, &d)).await?;
         if queued > 0 {
             tracing::info!(queued, "notifications released for delivery");
         }
@@ -415,7 +420,7 @@ async fn record_outcomes(db: Db, owner: String, mut rx: mpsc::UnboundedReceiver<
         let batch = Arc::new(std::mem::take(&mut pending));
         let (owner2, to_write) = (owner.clone(), batch.clone());
         let result = db
-            .write(move |conn| Ok(store::record(conn, &owner2, &to_write)?))
+            .write(move |conn| store::record(conn, &owner2, &to_write))
             .await;
         if let Err(e) = result {
             tracing::error!(
@@ -453,8 +458,11 @@ impl Route {
             }
         };
         log_outcome(&n, &outcome, started.elapsed());
+        count_outcome(&n, &outcome);
         Recorded {
             id: n.id,
+            event: n.event,
+            recipient: n.recipient,
             outcome,
             attempted_at,
             duration_ms: started.elapsed().as_millis() as i64,
@@ -477,20 +485,29 @@ impl Route {
                     code: None,
                     reply: format!("cannot build the message: {e}"),
                     reason: "the message could not be built".into(),
+                    suppress: false,
                 }
             }
         };
         let envelope = message.envelope().clone();
         let bytes = message.formatted();
-        match self.transmit(&envelope, &bytes).await {
+        let started = Instant::now();
+        let transmitted = self.transmit(&envelope, &bytes).await;
+        crate::metrics::smtp_transaction(started.elapsed());
+        crate::metrics::smtp_reply(match &transmitted {
+            Ok(_) => "2xx",
+            Err(f) => failure_class(f),
+        });
+        match transmitted {
             Ok(response) => Outcome::Sent {
                 code: u16::from(response.code()),
                 reply: redact(&response.message().collect::<Vec<_>>().join(" "), &self.redact),
                 message_id: self.sender.message_id(&n.id),
             },
             Err(failure) => {
+                let at_rcpt = matches!(failure, SendFailure::Smtp(Stage::Rcpt, _));
                 let (code, reply, permanent) = match &failure {
-                    SendFailure::Smtp(e) => (e.status().map(u16::from), e.to_string(), e.is_permanent()),
+                    SendFailure::Smtp(_, e) => (e.status().map(u16::from), e.to_string(), e.is_permanent()),
                     // Connection, TLS and AUTH problems are the server's or the settings', not
                     // the message's: retry, so that fixed settings still deliver it.
                     SendFailure::Connect(e) => (None, format!("cannot open an SMTP session: {e}"), false),
@@ -506,6 +523,7 @@ impl Route {
                     Outcome::Failed {
                         code,
                         reason: format!("rejected by the SMTP server: {reply}"),
+                        suppress: crate::suppressions::names_the_recipient(at_rcpt, code, &reply),
                         reply,
                     }
                 } else if attempts >= self.config.max_attempts {
@@ -513,6 +531,7 @@ impl Route {
                         code,
                         reason: format!("gave up after {attempts} attempts; last error: {reply}"),
                         reply,
+                        suppress: false,
                     }
                 } else {
                     let delay = backoff(&self.config, attempts);
@@ -546,7 +565,7 @@ impl Route {
             ),
         };
         loop {
-            match tokio::time::timeout(limit, conn.send(envelope, bytes)).await {
+            match tokio::time::timeout(limit, transaction(&mut conn, envelope, bytes)).await {
                 Ok(Ok(response)) => {
                     let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                     if !conn.has_broken() && idle.len() < self.config.concurrency {
@@ -554,7 +573,7 @@ impl Route {
                     }
                     return Ok(response);
                 }
-                Ok(Err(e)) if reused && e.status().is_none() && !e.is_timeout() => {
+                Ok(Err((_, e))) if reused && e.status().is_none() && !e.is_timeout() => {
                     reused = false;
                     conn = self
                         .target
@@ -562,7 +581,7 @@ impl Route {
                         .await
                         .map_err(SendFailure::Connect)?;
                 }
-                Ok(Err(e)) => return Err(SendFailure::Smtp(e)),
+                Ok(Err((stage, e))) => return Err(SendFailure::Smtp(stage, e)),
                 Err(_) => {
                     // Dropped, not closed: a server that stopped answering would not answer QUIT
                     // either, and waiting for it would hold this slot (and shutdown) hostage.
@@ -571,6 +590,36 @@ impl Route {
                 }
             }
         }
+    }
+}
+
+/// The delivery counters and the latency from accept to sent.
+fn count_outcome(n: &Claimed, outcome: &Outcome) {
+    match outcome {
+        Outcome::Sent { .. } => {
+            crate::metrics::delivery("sent");
+            crate::metrics::delivery_latency((now_millis() - n.created_at) as f64 / 1000.0);
+        }
+        Outcome::Deferred { .. } => crate::metrics::delivery("deferred"),
+        Outcome::Failed { .. } => crate::metrics::delivery("failed"),
+        Outcome::Expired => crate::metrics::delivery("expired"),
+        Outcome::Held { .. } | Outcome::Released => {}
+    }
+}
+
+/// The class of what the server (or the network) answered, for `mailroom_smtp_replies_total`.
+fn failure_class(failure: &SendFailure) -> &'static str {
+    let smtp = |e: &lettre::transport::smtp::Error| match e.status().map(u16::from) {
+        Some(530 | 534 | 535 | 538) => "auth",
+        Some(code) => crate::metrics::reply_class(Some(code)),
+        None if e.is_tls() => "tls",
+        None => "network",
+    };
+    match failure {
+        SendFailure::Smtp(_, e) => smtp(e),
+        SendFailure::Connect(ConnectError::Smtp(e)) => smtp(e),
+        SendFailure::Connect(ConnectError::OAuth(_) | ConnectError::TokenRejected { .. }) => "auth",
+        SendFailure::Connect(_) | SendFailure::Timeout(_) => "network",
     }
 }
 
@@ -601,8 +650,47 @@ fn log_outcome(n: &Claimed, outcome: &Outcome, took: Duration) {
 
 enum SendFailure {
     Connect(ConnectError),
-    Smtp(lettre::transport::smtp::Error),
+    Smtp(Stage, lettre::transport::smtp::Error),
     Timeout(u64),
+}
+
+/// Where in the mail transaction a server answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Mail,
+    Rcpt,
+    Data,
+}
+
+/// MAIL, RCPT for each recipient, DATA and the message, each answered before the next; an error
+/// says at which stage (a 5xx at RCPT names the recipient). Like lettre's `send`, SMTPUTF8 and
+/// 8BITMIME are asked for when the envelope or the message need them.
+async fn transaction(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &lettre::address::Envelope,
+    bytes: &[u8],
+) -> Result<lettre::transport::smtp::response::Response, (Stage, lettre::transport::smtp::Error)> {
+    use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+    use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
+    let mut options = Vec::new();
+    let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
+    let non_ascii = envelope.from().is_some_and(|a| !ascii(a)) || envelope.to().iter().any(|a| !ascii(a));
+    if non_ascii && conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !bytes.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(envelope.from().cloned(), options))
+        .await
+        .map_err(|e| (Stage::Mail, e))?;
+    for to in envelope.to() {
+        conn.command(Rcpt::new(to.clone(), vec![]))
+            .await
+            .map_err(|e| (Stage::Rcpt, e))?;
+    }
+    conn.command(Data).await.map_err(|e| (Stage::Data, e))?;
+    conn.message(bytes).await.map_err(|e| (Stage::Data, e))
 }
 
 #[cfg(test)]

@@ -69,10 +69,41 @@ pub async fn post_notification(
     req: HttpRequest,
     body: web::Json<Object<NotificationRequest>>,
 ) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
+    let result = accept_one(&auth, &state, &req, body.into_inner().0).await;
+    count_acceptance(result.as_ref().map(|a| a.accepted()), started);
+    let acceptance = result?;
+    Ok(accepted_response(acceptance.accepted()))
+}
+
+/// The accept counters and duration, for one notification's answer.
+fn count_acceptance(result: Result<&Accepted, &ApiError>, started: std::time::Instant) {
+    match result {
+        Ok(a) => {
+            crate::metrics::accepted(&a.event);
+            if a.status == Status::Suppressed {
+                crate::metrics::delivery("suppressed");
+            }
+            crate::metrics::accept_duration(started.elapsed());
+        }
+        Err(e) => crate::metrics::rejected(match e {
+            ApiError::Validation(_) | ApiError::BadRequest { .. } => "validation",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::InsufficientStorage(_) => "storage",
+            _ => "unavailable",
+        }),
+    }
+}
+
+async fn accept_one(
+    auth: &Authorized<NotificationsSend>,
+    state: &AppState,
+    req: &HttpRequest,
+    body: NotificationRequest,
+) -> Result<Acceptance, ApiError> {
     let now = now_millis();
-    let key = idempotency_header(&req)?;
-    let validated =
-        accept::validate(body.into_inner().0, key.as_deref(), "", now).map_err(ApiError::Validation)?;
+    let key = idempotency_header(req)?;
+    let validated = accept::validate(body, key.as_deref(), "", now).map_err(ApiError::Validation)?;
     let catalog = state.db.read(Catalog::load).await?;
     let validated = crate::error::blocking(move || {
         let mut v = validated;
@@ -86,7 +117,7 @@ pub async fn post_notification(
             state.wake_dispatcher();
         }
     }
-    Ok(accepted_response(acceptance.accepted()))
+    Ok(acceptance)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -137,6 +168,7 @@ pub async fn post_batch(
     state: web::Data<AppState>,
     body: web::Json<Object<BatchRequest>>,
 ) -> Result<web::Json<BatchResponse>, ApiError> {
+    let started = std::time::Instant::now();
     let now = now_millis();
     let mut errors = crate::validation::Errors::default();
     let items = errors
@@ -230,6 +262,7 @@ pub async fn post_batch(
     .await;
     let mut wake = false;
     for (index, outcome) in outcomes {
+        count_acceptance(outcome.as_ref().map(|a| a.accepted()), started);
         results[index] = Some(match outcome {
             Ok(acceptance) => {
                 wake |= matches!(&acceptance, Acceptance::New(a) if a.status == Status::Queued);

@@ -100,7 +100,12 @@ fn commit(
 ) -> Result<Vec<Result<Acceptance, ApiError>>, ApiError> {
     let mut conn = db.write_conn()?;
     let result = crate::db::write_transaction(&mut conn, |conn| {
-        let ctx = AcceptContext::load(conn)?;
+        let mut ctx = AcceptContext::load(conn)?;
+        let recipients: Vec<String> = inputs
+            .iter()
+            .filter_map(|(v, _, _)| ctx.recipient(v.to.as_deref()))
+            .collect();
+        ctx.suppressed = crate::suppressions::reasons(conn, &recipients)?;
         let mut results = Vec::with_capacity(inputs.len());
         let mut rows = Vec::with_capacity(inputs.len());
         for (validated, subject, now) in inputs {
@@ -123,6 +128,36 @@ fn commit(
             results.push(result);
         }
         store::insert_many(conn, &rows)?;
+        // Suppressed ones are final at once: their webhooks go in this transaction too.
+        let suppressed: Vec<&accept::Accepted> = results
+            .iter()
+            .filter_map(|r| match r {
+                Ok(Acceptance::New(a)) if a.status == store::Status::Suppressed => Some(a),
+                _ => None,
+            })
+            .collect();
+        if !suppressed.is_empty() {
+            let hooks = crate::webhooks::load(conn)?;
+            for a in suppressed {
+                let data = crate::webhooks::NotificationData {
+                    id: &a.id,
+                    event: &a.event,
+                    to: a.to.as_deref(),
+                    status: a.status.as_str(),
+                    status_reason: a.status_reason.as_deref(),
+                    smtp_code: None,
+                    smtp_reply: None,
+                    attempt: None,
+                };
+                crate::webhooks::enqueue(
+                    conn,
+                    &hooks,
+                    "notification.suppressed",
+                    &data,
+                    a.created_at.timestamp_millis(),
+                )?;
+            }
+        }
         Ok(results)
     });
     db.note_write(&result);

@@ -24,6 +24,8 @@ pub struct Deliverability {
     /// None when mail can go out; else why it is held.
     pub blocked: Option<String>,
     pub admin_email: Option<String>,
+    /// Suppressed recipients among those being accepted, with the reason (normalized address).
+    pub suppressed: std::collections::HashMap<String, String>,
 }
 
 impl Deliverability {
@@ -33,7 +35,13 @@ impl Deliverability {
         Ok(Self {
             blocked: not_deliverable_reason(smtp.as_ref().map(|s| &s.value)),
             admin_email: admin_email::load(conn)?,
+            suppressed: Default::default(),
         })
+    }
+
+    /// Why `recipient` is never to be mailed, if it is on the suppression list.
+    pub fn suppression(&self, recipient: Option<&str>) -> Option<&String> {
+        self.suppressed.get(&crate::suppressions::normalize(recipient?))
     }
 
     /// The recipient: the address given, else (an admin event) the admin address, if any.

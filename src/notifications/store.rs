@@ -26,6 +26,8 @@ pub enum Status {
     Failed,
     /// Not delivered before `expires_at`; never sent late.
     Expired,
+    /// The recipient is on the suppression list: accepted, never sent.
+    Suppressed,
 }
 
 impl Status {
@@ -37,6 +39,7 @@ impl Status {
             Self::Sent => "sent",
             Self::Failed => "failed",
             Self::Expired => "expired",
+            Self::Suppressed => "suppressed",
         }
     }
 
@@ -48,17 +51,19 @@ impl Status {
             "sent" => Self::Sent,
             "failed" => Self::Failed,
             "expired" => Self::Expired,
+            "suppressed" => Self::Suppressed,
             _ => return None,
         })
     }
 
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Self::Held,
         Self::Queued,
         Self::Sending,
         Self::Sent,
         Self::Failed,
         Self::Expired,
+        Self::Suppressed,
     ];
 }
 
@@ -341,6 +346,8 @@ pub struct Claimed {
     pub expires_at: i64,
     #[diesel(sql_type = Integer)]
     pub attempt_count: i32,
+    #[diesel(sql_type = BigInt)]
+    pub created_at: i64,
 }
 
 const CLAIM_SQL: &str = "UPDATE notifications \
@@ -350,7 +357,7 @@ const CLAIM_SQL: &str = "UPDATE notifications \
                   WHERE status = 'queued' AND next_attempt_at <= $3 \
                     AND EXISTS (SELECT 1 FROM settings WHERE key = 'smtp' AND version = $5) \
                   ORDER BY next_attempt_at LIMIT $4 {LOCK}) \
-     RETURNING id, event, recipient, to_name, subject, text_body, html_body, expires_at, attempt_count";
+     RETURNING id, event, recipient, to_name, subject, text_body, html_body, expires_at, attempt_count, created_at";
 
 /// Claims up to `limit` due notifications for `owner` until `lease_until`, but only while the SMTP
 /// settings are still at `settings_version` (the version the caller will send with): mail made
@@ -462,6 +469,8 @@ pub enum Outcome {
         code: Option<u16>,
         reply: String,
         reason: String,
+        /// The failure names the recipient: the address goes on the suppression list.
+        suppress: bool,
     },
     Expired,
     /// Not deliverable after all (settings changed since it was queued); not an attempt.
@@ -475,19 +484,57 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub id: String,
+    pub event: String,
+    pub recipient: Option<String>,
     pub outcome: Outcome,
     pub attempted_at: i64,
     pub duration_ms: i64,
 }
 
+/// The webhook calls an outcome causes (in the caller's transaction).
+fn enqueue_hook(
+    conn: &mut DbConnection,
+    hooks: &crate::webhooks::WebhookSettings,
+    r: &Recorded,
+    code: Option<u16>,
+    reply: &str,
+    now: i64,
+) -> Result<(), diesel::result::Error> {
+    let hook = match &r.outcome {
+        Outcome::Sent { .. } => Some(("notification.sent", Status::Sent, None)),
+        Outcome::Deferred { .. } => Some(("notification.deferred", Status::Queued, None)),
+        Outcome::Failed { reason, .. } => {
+            Some(("notification.failed", Status::Failed, Some(reason.as_str())))
+        }
+        Outcome::Expired => Some((
+            "notification.expired",
+            Status::Expired,
+            Some("expired before it could be delivered"),
+        )),
+        Outcome::Held { .. } | Outcome::Released => None,
+    };
+    if let Some((event_type, status, status_reason)) = hook {
+        let data = crate::webhooks::NotificationData {
+            id: &r.id,
+            event: &r.event,
+            to: r.recipient.as_deref(),
+            status: status.as_str(),
+            status_reason,
+            smtp_code: code,
+            smtp_reply: (!reply.is_empty()).then_some(reply),
+            attempt: None,
+        };
+        crate::webhooks::enqueue(conn, hooks, event_type, &data, now)?;
+    }
+    Ok(())
+}
+
 /// Writes outcomes in one transaction. Each update is guarded by the lease owner, so a worker whose
 /// lease expired and was taken over cannot overwrite the newer owner's result.
-pub fn record(
-    conn: &mut DbConnection,
-    owner: &str,
-    results: &[Recorded],
-) -> Result<(), diesel::result::Error> {
+pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Result<(), ApiError> {
     conn.transaction(|conn| {
+        // Webhook calls go in the same transaction as the status changes that cause them.
+        let hooks = crate::webhooks::load(conn)?;
         let mut attempts = Vec::with_capacity(results.len());
         for r in results {
             let now = r.attempted_at + r.duration_ms;
@@ -536,7 +583,17 @@ pub fn record(
                         .execute(conn)?;
                     (Some("deferred"), *code, reply)
                 }
-                Outcome::Failed { code, reply, reason } => {
+                Outcome::Failed {
+                    code,
+                    reply,
+                    reason,
+                    suppress,
+                } => {
+                    if *suppress {
+                        if let Some(to) = &r.recipient {
+                            crate::suppressions::add(conn, to, reply, "bounce", Some(&r.id), now)?;
+                        }
+                    }
                     diesel::update(mine)
                         .set((
                             notifications::status.eq(Status::Failed.as_str()),
@@ -580,6 +637,7 @@ pub fn record(
                     (None, None, "")
                 }
             };
+            enqueue_hook(conn, &hooks, r, code, reply, now)?;
             if let Some(outcome) = attempt {
                 attempts.push(NewAttempt {
                     notification_id: &r.id,
@@ -608,26 +666,40 @@ pub fn record(
 
 /// Periodic housekeeping: expire what is overdue, requeue abandoned leases, and move notifications
 /// between `held` and `queued` as the settings allow. Returns how many rows became queued.
-pub fn maintain(
-    conn: &mut DbConnection,
-    now: i64,
-    d: &Deliverability,
-) -> Result<usize, diesel::result::Error> {
+pub fn maintain(conn: &mut DbConnection, now: i64, d: &Deliverability) -> Result<usize, ApiError> {
     conn.transaction(|conn| {
         use crate::db::schema::notifications::dsl::*;
-        diesel::update(
-            notifications.filter(
-                status
-                    .eq_any([Status::Queued.as_str(), Status::Held.as_str()])
-                    .and(expires_at.le(now)),
-            ),
-        )
-        .set((
-            status.eq(Status::Expired.as_str()),
-            status_reason.eq("expired before it could be delivered"),
-            updated_at.eq(now),
-        ))
-        .execute(conn)?;
+        let overdue = notifications.filter(
+            status
+                .eq_any([Status::Queued.as_str(), Status::Held.as_str()])
+                .and(expires_at.le(now)),
+        );
+        let expiring: Vec<(String, String, Option<String>)> =
+            overdue.select((id, event, recipient)).load(conn)?;
+        if !expiring.is_empty() {
+            let ids: Vec<&String> = expiring.iter().map(|(i, _, _)| i).collect();
+            diesel::update(notifications.filter(id.eq_any(ids)))
+                .set((
+                    status.eq(Status::Expired.as_str()),
+                    status_reason.eq("expired before it could be delivered"),
+                    updated_at.eq(now),
+                ))
+                .execute(conn)?;
+            let hooks = crate::webhooks::load(conn)?;
+            for (nid, ev, to) in &expiring {
+                let payload = crate::webhooks::NotificationData {
+                    id: nid,
+                    event: ev,
+                    to: to.as_deref(),
+                    status: Status::Expired.as_str(),
+                    status_reason: Some("expired before it could be delivered"),
+                    smtp_code: None,
+                    smtp_reply: None,
+                    attempt: None,
+                };
+                crate::webhooks::enqueue(conn, &hooks, "notification.expired", &payload, now)?;
+            }
+        }
         let mut queued = diesel::update(
             notifications.filter(status.eq(Status::Sending.as_str()).and(lease_until.lt(now))),
         )

@@ -13,6 +13,7 @@ mod errors;
 mod notifications;
 mod oauth;
 mod openapi;
+mod operations;
 mod security_review;
 mod settings_smtp;
 mod smtp_test;

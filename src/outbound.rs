@@ -1,0 +1,86 @@
+//! HTTP requests to URLs an operator configured (OAuth token endpoints, webhooks): https (or http
+//! to loopback), the SMTP host policy for every address the host resolves to, the connection
+//! pinned to a checked address (no second lookup), no proxy, no redirects, bounded in time.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::mail::policy::{is_forbidden_address, resolve_checked, HostPolicy, HostRefused};
+
+/// Checks `url` without resolving it: scheme, credentials, allow-list and literal addresses.
+pub fn check_url(policy: &HostPolicy, url: &str) -> Result<(url::Url, String, u16), String> {
+    let parsed = url::Url::parse(url).map_err(|_| "not a URL".to_string())?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| "the URL has no host".to_string())?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err("the URL must be https (http only to a loopback address)".into()),
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("the URL must not carry credentials".into());
+    }
+    if !policy.host_allowed(&host) {
+        return Err(HostRefused::NotAllowed { host }.to_string());
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        if is_forbidden_address(ip) {
+            return Err(HostRefused::Forbidden { host, ip }.to_string());
+        }
+    }
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    Ok((parsed, host, port))
+}
+
+/// Checks `url` and every address its host resolves to; a client that connects only to those.
+pub async fn client_for(
+    policy: &HostPolicy,
+    url: &str,
+    timeout: Duration,
+) -> Result<(reqwest::Client, url::Url), String> {
+    let (parsed, host, port) = check_url(policy, url)?;
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(timeout, resolve_checked(policy, &host, port)).await {
+            Err(_) => return Err(format!("{host} did not resolve within {} s", timeout.as_secs())),
+            Ok(Err(e)) => return Err(format!("{host} could not be resolved: {e}")),
+            Ok(Ok(Err(refused))) => return Err(refused.to_string()),
+            Ok(Ok(Ok(addrs))) => addrs,
+        };
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    if host.parse::<IpAddr>().is_err() {
+        builder = builder.resolve_to_addrs(&host, &addrs);
+    }
+    let client = builder
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    Ok((client, parsed))
+}
+
+/// The innermost cause of a request error, without the URL reqwest puts in its own message.
+pub fn cause(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        String::new()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = s.to_string();
+        source = s.source();
+    }
+    if text.is_empty() {
+        "no answer".into()
+    } else {
+        text
+    }
+}

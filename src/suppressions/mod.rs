@@ -1,0 +1,148 @@
+//! The suppression list: addresses that are never mailed again, from a permanent failure that
+//! names the recipient or added by hand. Addresses compare case-insensitively in the domain part.
+
+pub mod http;
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+
+use crate::db::schema::suppressions;
+use crate::db::DbConnection;
+use crate::error::ApiError;
+
+/// The key an address is stored under: the local part as given, the domain in lower case.
+pub fn normalize(address: &str) -> String {
+    let address = address.trim();
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => address.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = suppressions)]
+pub struct Suppression {
+    pub address: String,
+    pub reason: String,
+    pub source: String,
+    pub notification_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// Adds `address` unless it is already there. Returns whether it was added.
+pub fn add(
+    conn: &mut DbConnection,
+    address: &str,
+    reason: &str,
+    source: &str,
+    notification_id: Option<&str>,
+    now: i64,
+) -> Result<bool, diesel::result::Error> {
+    let row = (
+        suppressions::address.eq(normalize(address)),
+        suppressions::reason.eq(reason),
+        suppressions::source.eq(source),
+        suppressions::notification_id.eq(notification_id),
+        suppressions::created_at.eq(now),
+    );
+    let n = match conn {
+        DbConnection::Sqlite(c) => diesel::insert_into(suppressions::table)
+            .values(row)
+            .on_conflict_do_nothing()
+            .execute(c)?,
+        DbConnection::Postgres(c) => diesel::insert_into(suppressions::table)
+            .values(row)
+            .on_conflict_do_nothing()
+            .execute(c)?,
+    };
+    Ok(n > 0)
+}
+
+pub fn remove(conn: &mut DbConnection, address: &str) -> Result<bool, ApiError> {
+    Ok(diesel::delete(suppressions::table.find(normalize(address))).execute(conn)? > 0)
+}
+
+pub fn find(conn: &mut DbConnection, address: &str) -> Result<Option<Suppression>, ApiError> {
+    Ok(suppressions::table
+        .find(normalize(address))
+        .select(Suppression::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Which of `addresses` are suppressed, with the reason, by normalized address.
+pub fn reasons(
+    conn: &mut DbConnection,
+    addresses: &[String],
+) -> Result<HashMap<String, String>, diesel::result::Error> {
+    if addresses.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys: Vec<String> = addresses.iter().map(|a| normalize(a)).collect();
+    let mut out = HashMap::new();
+    for chunk in keys.chunks(500) {
+        let rows: Vec<(String, String)> = suppressions::table
+            .filter(suppressions::address.eq_any(chunk))
+            .select((suppressions::address, suppressions::reason))
+            .load(conn)?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// Up to `limit` entries after `after` (by address), optionally only addresses containing `filter`.
+pub fn list(
+    conn: &mut DbConnection,
+    filter: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Suppression>, ApiError> {
+    let mut q = suppressions::table.into_boxed();
+    if let Some(f) = filter {
+        q = q.filter(suppressions::address.like(format!("%{}%", f.replace(['%', '_'], ""))));
+    }
+    if let Some(a) = after {
+        q = q.filter(suppressions::address.gt(a.to_string()));
+    }
+    Ok(q.order(suppressions::address.asc())
+        .limit(limit)
+        .select(Suppression::as_select())
+        .load(conn)?)
+}
+
+/// Whether a permanent failure names the recipient: a 5xx answer to RCPT, or an enhanced status
+/// code 5.1.x (bad destination mailbox or address) at DATA.
+pub fn names_the_recipient(at_rcpt: bool, code: Option<u16>, reply: &str) -> bool {
+    let permanent = code.is_some_and(|c| (500..600).contains(&c));
+    if !permanent {
+        return false;
+    }
+    at_rcpt
+        || reply
+            .split_whitespace()
+            .any(|w| w.starts_with("5.1.") && w[4..].chars().all(|c| c.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_compare_case_insensitively_in_the_domain_only() {
+        assert_eq!(normalize(" Ada@Example.COM "), "Ada@example.com");
+        assert_ne!(normalize("ada@example.com"), normalize("Ada@example.com"));
+    }
+
+    #[test]
+    fn only_failures_that_name_the_recipient_suppress() {
+        assert!(names_the_recipient(true, Some(550), "550 no such user"));
+        assert!(names_the_recipient(false, Some(550), "550 5.1.1 user unknown"));
+        assert!(!names_the_recipient(
+            false,
+            Some(552),
+            "552 5.3.4 message too big"
+        ));
+        assert!(!names_the_recipient(true, Some(451), "451 4.1.1 try later"));
+    }
+}
