@@ -1,6 +1,7 @@
 //! HTTP-level tests against the real application: port 0, its own SQLite file (or PostgreSQL
 //! database when MAILROOM_TEST_POSTGRES_URL is set).
 
+mod child;
 mod helpers;
 mod smtp_server;
 

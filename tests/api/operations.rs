@@ -2,7 +2,6 @@
 //! real receiver (retries, a crash in between), and the suppression list.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+use crate::child::Child;
 use crate::helpers::*;
 use crate::on_both_backends;
 use crate::smtp_server::{Behaviour, SmtpServer};
@@ -112,56 +112,6 @@ fn the_prometheus_parser_reads_labels_with_escapes() {
     assert_eq!(s.types["x"], "counter");
 }
 
-// --- A child process, so that its counters are its own -------------------------------------
-
-struct Child {
-    process: std::process::Child,
-    base: String,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-async fn start_child(dir: &std::path::Path, extra: &[(&str, &str)]) -> Child {
-    let db_url = format!("sqlite://{}", dir.join("mailroom.db").display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailroom"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("MAILROOM_")) {
-        cmd.env_remove(k);
-    }
-    let mut vars = base_vars(dir, &db_url);
-    vars.insert("MAILROOM_BIND".into(), format!("127.0.0.1:{port}"));
-    for (k, v) in extra {
-        vars.insert(k.to_string(), v.to_string());
-    }
-    let process = cmd
-        .arg("serve")
-        .envs(vars)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let child = Child {
-        process,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
-    while client.get(format!("{}/readyz", child.base)).send().await.is_err() {
-        assert!(Instant::now() < deadline, "the child process did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child
-}
-
 async fn call(
     method: reqwest::Method,
     url: String,
@@ -230,7 +180,7 @@ async fn metrics_count_every_outcome_and_report_the_queue_from_the_database() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let child = start_child(dir.path(), &[]).await;
+    let child = Child::start(dir.path(), &[]).await;
     let base = child.base.clone();
     let (unauthorized, _) = call(reqwest::Method::GET, format!("{base}/metrics"), None, None).await;
     assert_eq!(unauthorized, 401);
@@ -549,7 +499,7 @@ async fn a_webhook_pending_at_a_crash_is_delivered_after_the_restart() {
     let receiver = Receiver::start().await;
     receiver.state.lock().unwrap().down = true;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = start_child(dir.path(), &[("MAILROOM_DELIVERY_POLL_MILLISECONDS", "100")]).await;
+    let mut child = Child::start(dir.path(), &[("MAILROOM_DELIVERY_POLL_MILLISECONDS", "100")]).await;
     let base = child.base.clone();
     call(
         reqwest::Method::PUT,
@@ -573,7 +523,7 @@ async fn a_webhook_pending_at_a_crash_is_delivered_after_the_restart() {
     child.process.kill().unwrap();
     child.process.wait().unwrap();
     receiver.state.lock().unwrap().down = false;
-    let _restarted = start_child(dir.path(), &[("MAILROOM_DELIVERY_POLL_MILLISECONDS", "100")]).await;
+    let _restarted = Child::start(dir.path(), &[("MAILROOM_DELIVERY_POLL_MILLISECONDS", "100")]).await;
     let got = receiver.wait_for(1).await;
     assert_eq!(got[0]["data"]["id"], id);
 }
