@@ -22,6 +22,8 @@ pub struct AppState {
     pub signals: Arc<Signals>,
     pub smtp_test_limiter: RateLimiter,
     pub intake: Intake,
+    /// Templates, subjects, branding and default locale, as of their last change.
+    pub catalog: Arc<crate::settings::templates::CatalogCache>,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
             .context("database setup panicked")??;
         Ok(Self {
             intake: Intake::start(db.clone()),
+            catalog: Arc::default(),
             db,
             cipher: Arc::new(SecretCipher::new(&key)),
             mail,

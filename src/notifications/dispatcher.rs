@@ -371,7 +371,7 @@ impl Dispatcher {
         let sender = settings.sender().ok_or("no default From address is configured")?;
         let password = settings.unseal_password(&self.cipher).map_err(|e| e.chain())?;
         let oauth = settings.token_source(&self.cipher).map_err(|e| e.chain())?;
-        let target = settings.target_with(password, oauth);
+        let target = settings.target(password, oauth);
         // A DNS failure may be temporary: keep trying to send; each attempt reports it.
         if let Ok(Err(refused)) = resolve_checked(&self.mail, &target.host, target.port).await {
             return Err(format!("refusing to connect: {refused}"));

@@ -14,7 +14,6 @@ use crate::auth::scope::{NotificationsRead, NotificationsSend};
 use crate::auth::Authorized;
 use crate::db::{millis_to_datetime, now_millis};
 use crate::error::{ApiError, FieldError, Problem};
-use crate::settings::templates::Catalog;
 use crate::state::AppState;
 use crate::validation::{Field, Object};
 
@@ -104,7 +103,10 @@ async fn accept_one(
     let now = now_millis();
     let key = idempotency_header(req)?;
     let validated = accept::validate(body, key.as_deref(), "", now).map_err(ApiError::Validation)?;
-    let catalog = state.db.read(Catalog::load).await?;
+    let catalog = {
+        let cache = state.catalog.clone();
+        state.db.read(move |conn| cache.get(conn)).await?
+    };
     let validated = crate::error::blocking(move || {
         let mut v = validated;
         accept::render_validated(&mut v, &catalog)?;
@@ -229,7 +231,10 @@ pub async fn post_batch(
     }
     // Rendered off the async threads and before the committer; a failure is the item's own.
     if !valid.is_empty() {
-        let catalog = state.db.read(Catalog::load).await?;
+        let catalog = {
+            let cache = state.catalog.clone();
+            state.db.read(move |conn| cache.get(conn)).await?
+        };
         let rendered = crate::error::blocking(move || {
             Ok(valid
                 .into_iter()

@@ -70,7 +70,10 @@ pub async fn preview(
     body: web::Json<Object<PreviewRequest>>,
 ) -> Result<web::Json<Preview>, ApiError> {
     let req = body.into_inner().0;
-    let catalog = state.db.read(Catalog::load).await?;
+    let catalog = {
+        let cache = state.catalog.clone();
+        state.db.read(move |conn| cache.get(conn)).await?
+    };
     let rendered: Rendered = crate::error::blocking(move || render_preview(req, catalog)).await?;
     Ok(web::Json(Preview {
         subject: rendered.subject,
@@ -80,7 +83,7 @@ pub async fn preview(
     }))
 }
 
-fn render_preview(req: PreviewRequest, catalog: Catalog) -> Result<Rendered, ApiError> {
+fn render_preview(req: PreviewRequest, catalog: std::sync::Arc<Catalog>) -> Result<Rendered, ApiError> {
     let mut errors = Errors::default();
     let event = errors.required("event", req.event, "a string").and_then(|name| {
         let found = events::find(&name);
@@ -117,15 +120,17 @@ fn render_preview(req: PreviewRequest, catalog: Catalog) -> Result<Rendered, Api
         None => event.example_data(),
     };
     let locale = locale.unwrap_or_else(|| catalog.default_locale.clone());
-    let catalog = match draft {
+    let drafted;
+    let catalog: &Catalog = match draft {
         Some(draft) => {
             let parts = draft.parse(Target::Event(event), "template.", &mut errors);
-            catalog.with_draft(event.name, &locale, parts)
+            drafted = catalog.with_draft(event.name, &locale, parts);
+            &drafted
         }
-        None => catalog,
+        None => &catalog,
     };
     errors.finish()?;
-    render::render(&catalog, event, Some(&locale), &data).map_err(|e| match e {
+    render::render(catalog, event, Some(&locale), &data).map_err(|e| match e {
         render::RenderError::Template { event, part, refusal } => ApiError::field(
             "event",
             refusal.code(),

@@ -136,7 +136,7 @@ pub async fn test_smtp(
         return Err(ApiError::TooManyRequests { retry_after });
     }
 
-    let target = settings.target_with(password, settings.token_source(&state.cipher)?);
+    let target = settings.target(password, settings.token_source(&state.cipher)?);
     let redact = target.secret_forms();
     let to_address = to
         .as_deref()

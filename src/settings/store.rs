@@ -49,6 +49,16 @@ pub fn load<T: DeserializeOwned>(conn: &mut DbConnection, key: &str) -> Result<O
     .transpose()
 }
 
+/// The current version of each of `keys` that exists, in key order: a cheap way to tell whether
+/// documents read earlier are still current.
+pub fn versions(conn: &mut DbConnection, keys: &[&str]) -> Result<Vec<(String, i64)>, ApiError> {
+    Ok(settings::table
+        .filter(settings::key.eq_any(keys))
+        .order(settings::key.asc())
+        .select((settings::key, settings::version))
+        .load(conn)?)
+}
+
 /// Writes the next version of a document. `previous_version` is what the caller read in the same
 /// transaction (0: none); a concurrent writer that got there first makes this fail with 409.
 pub fn save<T: Serialize>(

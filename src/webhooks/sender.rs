@@ -33,7 +33,14 @@ impl Sender {
             if *shutdown.borrow() {
                 return;
             }
-            let worked = match self.round().await {
+            // A round in progress is abandoned at shutdown: its calls keep their lease, which
+            // runs out, and they are sent again (at least once), so stopping stays within the
+            // grace whatever the receivers do.
+            let round = tokio::select! {
+                r = self.round() => r,
+                _ = shutdown.changed() => return,
+            };
+            let worked = match round {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = e.chain(), "webhook round failed");

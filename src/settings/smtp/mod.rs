@@ -68,21 +68,13 @@ impl SmtpSettings {
 
     /// Where and how to connect, with `password` (already unsealed, or a draft's own) or, for
     /// OAuth, the token source.
-    pub fn target_with(
+    pub fn target(
         &self,
         password: Option<SecretString>,
         oauth: Option<crate::mail::oauth::TokenSource>,
     ) -> SmtpTarget {
         SmtpTarget {
             oauth,
-            ..self.target(password)
-        }
-    }
-
-    /// Where and how to connect, with `password` (already unsealed, or a draft's own).
-    pub fn target(&self, password: Option<SecretString>) -> SmtpTarget {
-        SmtpTarget {
-            oauth: None,
             host: self.host.clone(),
             port: self.port,
             security: self.security,

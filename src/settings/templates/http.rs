@@ -234,15 +234,22 @@ fn write_entry(
     let key = entry_key(target.name(), locale);
     let entry_version = docs.get(&key).map_or(0, |t| t.version);
     check_if_match(if_match, entry_version)?;
+    // The default locale's subject lives in the subjects document.
     let default_locale = locale::default_locale(conn)?;
-    let exists = docs.contains_key(&key)
-        || (locale == default_locale && subjects::load(conn)?.contains_key(target.name()));
-    if parts.is_none() && !exists {
+    let subjects_doc = if locale == default_locale {
+        Some(store::load::<CustomSubjects>(conn, subjects::KEY)?)
+    } else {
+        None
+    };
+    let has_subject = subjects_doc
+        .as_ref()
+        .and_then(|d| d.as_ref())
+        .is_some_and(|d| d.value.contains_key(target.name()));
+    if parts.is_none() && !docs.contains_key(&key) && !has_subject {
         return Err(ApiError::NotFound(format!("no template is stored for {key}")));
     }
     let mut stored = parts.clone().unwrap_or_default();
-    if locale == default_locale {
-        let subjects_doc = store::load::<CustomSubjects>(conn, subjects::KEY)?;
+    if let Some(subjects_doc) = subjects_doc {
         let version = subjects_doc.as_ref().map_or(0, |s| s.version);
         let mut custom = subjects_doc.map(|s| s.value).unwrap_or_default();
         let changed = match stored.subject.take() {

@@ -213,6 +213,33 @@ impl Catalog {
     }
 }
 
+/// The catalog every accepted notification renders with, read again only when one of its four
+/// documents changed (it is parsed JSON, templates included: too much to redo per request).
+#[derive(Default)]
+pub struct CatalogCache(std::sync::Mutex<Option<Cached>>);
+
+/// A catalog and the document versions it was read at.
+type Cached = (Vec<(String, i64)>, std::sync::Arc<Catalog>);
+
+impl CatalogCache {
+    pub fn get(&self, conn: &mut DbConnection) -> Result<std::sync::Arc<Catalog>, ApiError> {
+        let versions = store::versions(conn, &[locale::KEY, subjects::KEY, KEY, branding::KEY])?;
+        if let Some((seen, catalog)) = &*self.lock() {
+            if *seen == versions {
+                return Ok(catalog.clone());
+            }
+        }
+        // Read after the versions: at worst newer than they say, and then reloaded next time.
+        let catalog = std::sync::Arc::new(Catalog::load(conn)?);
+        *self.lock() = Some((versions, catalog.clone()));
+        Ok(catalog)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 pub fn load(conn: &mut DbConnection) -> Result<Option<Stored<Templates>>, ApiError> {
     store::load::<Templates>(conn, KEY)
 }
