@@ -118,6 +118,7 @@ pub fn environment() -> &'static Environment<'static> {
                 AutoEscape::None
             }
         });
+        env.set_formatter(crate::sandbox::html_formatter);
         for (name, source) in TEMPLATES {
             env.add_template(name, source).expect("built-in templates parse");
         }

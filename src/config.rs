@@ -101,38 +101,160 @@ pub struct DeliveryConfig {
     pub shutdown_grace: Duration,
 }
 
+/// One configuration variable: its name, its default as text, and what it does. The list drives
+/// `mailroom --help`, the TOML keys and `deploy/mailroom.env` (a test keeps that file in step).
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+const fn var(name: &'static str, default: &'static str, help: &'static str) -> Variable {
+    Variable { name, default, help }
+}
+
 /// Every variable we read; a TOML key is the variable name without the prefix, in lower case.
-const KNOWN_VARS: &[&str] = &[
-    "MAILROOM_BIND",
-    "MAILROOM_DATABASE_URL",
-    "MAILROOM_DATA_DIR",
-    "MAILROOM_DB_POOL_SIZE",
-    "MAILROOM_JWT_SECRET",
-    "MAILROOM_JWT_PUBLIC_KEY_FILE",
-    "MAILROOM_JWT_ISSUER",
-    "MAILROOM_JWT_AUDIENCE",
-    "MAILROOM_SECRET_KEY",
-    "MAILROOM_SECRET_KEY_FILE",
-    "MAILROOM_CORS_ORIGINS",
-    "MAILROOM_SMTP_TEST_RATE_PER_MINUTE",
-    "MAILROOM_SMTP_ALLOWED_HOSTS",
-    "MAILROOM_SMTP_CA_FILE",
-    "MAILROOM_SMTP_HELO_NAME",
-    "MAILROOM_DELIVERY_ENABLED",
-    "MAILROOM_DELIVERY_CONCURRENCY",
-    "MAILROOM_DELIVERY_MAX_ATTEMPTS",
-    "MAILROOM_DELIVERY_RETRY_BASE_SECONDS",
-    "MAILROOM_DELIVERY_RETRY_MAX_SECONDS",
-    "MAILROOM_DELIVERY_LEASE_SECONDS",
-    "MAILROOM_DELIVERY_POLL_MILLISECONDS",
-    "MAILROOM_DELIVERY_BATCH_SIZE",
-    "MAILROOM_SHUTDOWN_GRACE_SECONDS",
-    "MAILROOM_METRICS_PUBLIC",
+pub const VARIABLES: &[Variable] = &[
+    var(
+        "MAILROOM_BIND",
+        "127.0.0.1:8080",
+        "address:port the HTTP API listens on (--bind)",
+    ),
+    var(
+        "MAILROOM_DATABASE_URL",
+        "sqlite://mailroom.db",
+        "sqlite://PATH or postgres://USER@HOST/DB (--database-url)",
+    ),
+    var(
+        "MAILROOM_DATA_DIR",
+        "the SQLite file's directory, else .",
+        "where generated secrets (jwt-secret, secret.key) are kept",
+    ),
+    var(
+        "MAILROOM_DB_POOL_SIZE",
+        "8",
+        "database connections per process (1-256)",
+    ),
+    var(
+        "MAILROOM_JWT_SECRET",
+        "generated into DATA_DIR/jwt-secret",
+        "HS256 secret for tokens, at least 32 characters",
+    ),
+    var(
+        "MAILROOM_JWT_PUBLIC_KEY_FILE",
+        "",
+        "PEM public key (RS256/ES256) to verify tokens with",
+    ),
+    var("MAILROOM_JWT_ISSUER", "", "required `iss` of tokens"),
+    var("MAILROOM_JWT_AUDIENCE", "", "required `aud` of tokens"),
+    var(
+        "MAILROOM_SECRET_KEY",
+        "generated into DATA_DIR/secret.key",
+        "32-byte key (base64 or hex) that encrypts stored passwords",
+    ),
+    var("MAILROOM_SECRET_KEY_FILE", "", "a file holding that key"),
+    var(
+        "MAILROOM_CORS_ORIGINS",
+        "",
+        "browser origins allowed to call the API, comma-separated, or *",
+    ),
+    var(
+        "MAILROOM_SMTP_TEST_RATE_PER_MINUTE",
+        "10",
+        "SMTP tests per token subject and minute",
+    ),
+    var(
+        "MAILROOM_SMTP_ALLOWED_HOSTS",
+        "",
+        "when set, the only SMTP hosts mail may connect to, comma-separated",
+    ),
+    var(
+        "MAILROOM_SMTP_CA_FILE",
+        "",
+        "extra PEM CA certificates for SMTP TLS",
+    ),
+    var("MAILROOM_SMTP_HELO_NAME", "the host name", "name sent in EHLO"),
+    var(
+        "MAILROOM_DELIVERY_ENABLED",
+        "true",
+        "run the delivery dispatcher in `serve`",
+    ),
+    var(
+        "MAILROOM_DELIVERY_CONCURRENCY",
+        "8",
+        "SMTP transactions in flight per process",
+    ),
+    var(
+        "MAILROOM_DELIVERY_MAX_ATTEMPTS",
+        "10",
+        "attempts before a notification fails",
+    ),
+    var(
+        "MAILROOM_DELIVERY_RETRY_BASE_SECONDS",
+        "120",
+        "first retry delay (doubles each attempt)",
+    ),
+    var(
+        "MAILROOM_DELIVERY_RETRY_MAX_SECONDS",
+        "28800",
+        "longest retry delay",
+    ),
+    var(
+        "MAILROOM_DELIVERY_LEASE_SECONDS",
+        "6",
+        "how long a claim lasts without renewal (a crashed instance's mail is retried after it)",
+    ),
+    var(
+        "MAILROOM_DELIVERY_POLL_MILLISECONDS",
+        "1000",
+        "how often the queue is read when idle",
+    ),
+    var(
+        "MAILROOM_DELIVERY_BATCH_SIZE",
+        "100",
+        "notifications claimed per query",
+    ),
+    var(
+        "MAILROOM_SHUTDOWN_GRACE_SECONDS",
+        "10",
+        "how long a stopping process waits for sends in flight",
+    ),
+    var(
+        "MAILROOM_METRICS_PUBLIC",
+        "false",
+        "serve GET /metrics without a token",
+    ),
 ];
+
+fn is_known(name: &str) -> bool {
+    VARIABLES.iter().any(|v| v.name == name)
+}
+
+/// The environment section of `--help`: every variable with its default.
+pub fn variables_help() -> String {
+    let mut out = String::from(
+        "Environment (a --config TOML file takes the same names without MAILROOM_, in lower case):\n",
+    );
+    for v in VARIABLES {
+        let default = if v.default.is_empty() {
+            String::new()
+        } else {
+            format!(" [default: {}]", v.default)
+        };
+        out.push_str(&format!("  {:<38} {}{default}\n", v.name, v.help));
+    }
+    out.push_str("  MAILROOM_CONFIG                        the TOML file (--config)\n");
+    out
+}
 
 impl Config {
     /// Loads the TOML file (if any: `--config` or `MAILROOM_CONFIG`), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with(file, &[])
+    }
+
+    /// Like [`Config::load`], with command-line values (variable name, value) above everything.
+    pub fn load_with(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
         let env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| k.starts_with("MAILROOM_"))
             .collect();
@@ -147,11 +269,14 @@ impl Config {
             if k == "MAILROOM_CONFIG" || k.starts_with("MAILROOM_TEST_") {
                 continue;
             }
-            if !KNOWN_VARS.contains(&k.as_str()) {
+            if !is_known(&k) {
                 tracing::warn!(variable = %k, "ignoring unknown MAILROOM_ variable");
                 continue;
             }
             vars.insert(k, v);
+        }
+        for (name, value) in overrides {
+            vars.insert(name.to_string(), value.clone());
         }
         Self::from_vars(&vars)
     }
@@ -300,7 +425,7 @@ fn read_toml(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut vars = BTreeMap::new();
     for (key, value) in table {
         let var = format!("MAILROOM_{}", key.to_ascii_uppercase());
-        if !KNOWN_VARS.contains(&var.as_str()) {
+        if !is_known(&var) {
             return Err(config_error(
                 "MAILROOM_CONFIG",
                 format!("{}: unknown key '{key}'", path.display()),

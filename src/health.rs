@@ -59,3 +59,33 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Readiness>, 
         database,
     }))
 }
+
+/// Where to start: the service's name and version and links to its documentation.
+#[derive(Serialize, ToSchema)]
+pub struct ServiceIndex {
+    #[schema(example = "mailroom")]
+    pub name: &'static str,
+    #[schema(example = "0.1.0")]
+    pub version: &'static str,
+    /// Swagger UI.
+    #[schema(example = "/docs/")]
+    pub docs: &'static str,
+    /// This API's OpenAPI 3.1 document.
+    #[schema(example = "/openapi.json")]
+    pub openapi: &'static str,
+    #[schema(example = "/healthz")]
+    pub health: &'static str,
+}
+
+/// The service's name, version and where its documentation is; needs no token.
+#[utoipa::path(tag = "ops", responses((status = 200, description = "Links to the documentation", body = ServiceIndex)))]
+#[get("/")]
+pub async fn index() -> web::Json<ServiceIndex> {
+    web::Json(ServiceIndex {
+        name: "mailroom",
+        version: env!("CARGO_PKG_VERSION"),
+        docs: "/docs/",
+        openapi: "/openapi.json",
+        health: "/healthz",
+    })
+}

@@ -17,20 +17,34 @@ use mailroom::startup::{self, Application};
 #[command(
     name = "mailroom",
     version,
-    about = "Email notifications for portals and internal tools"
+    about = "Email notifications for portals and internal tools",
+    after_help = mailroom::config::variables_help()
 )]
 struct Cli {
     /// A TOML file whose keys are the MAILROOM_* variables without the prefix, in lower case
     /// (e.g. `bind = "0.0.0.0:8080"`). Environment variables override it.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", env = "MAILROOM_CONFIG")]
     config: Option<PathBuf>,
+    /// Address and port the HTTP API listens on [default: 127.0.0.1:8080].
+    #[arg(long, global = true, value_name = "ADDR:PORT", env = "MAILROOM_BIND")]
+    bind: Option<String>,
+    /// sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://mailroom.db].
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "MAILROOM_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP API (the default).
+    /// Run the HTTP API and the delivery dispatcher (the default).
+    #[command(after_help = mailroom::config::variables_help())]
     Serve,
     /// Run only the delivery dispatcher (no HTTP API).
     Worker,
@@ -85,7 +99,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let config = Config::load(cli.config.as_deref())?;
+    // Flags win over the environment and the file (clap has already read the environment).
+    let mut overrides = Vec::new();
+    if let Some(bind) = cli.bind {
+        overrides.push(("MAILROOM_BIND", bind));
+    }
+    if let Some(url) = cli.database_url {
+        overrides.push(("MAILROOM_DATABASE_URL", url));
+    }
+    let config = Config::load_with(cli.config.as_deref(), &overrides)?;
     match command {
         Command::Serve => serve(config),
         Command::Worker => worker(config),

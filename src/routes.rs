@@ -9,7 +9,8 @@ use crate::{events, health, notifications, settings};
 
 /// Registers the documented API. Only `.service(...)` calls reach the OpenAPI document.
 pub fn api(cfg: &mut ServiceConfig) {
-    cfg.service(health::healthz)
+    cfg.service(health::index)
+        .service(health::healthz)
         .service(health::readyz)
         .service(events::http::list_events)
         .service(settings::smtp::http::get_smtp)

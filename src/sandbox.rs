@@ -100,6 +100,7 @@ pub fn environment(part: Part) -> &'static Environment<'static> {
 fn build_environment(escape: AutoEscape) -> Environment<'static> {
     let mut env = Environment::empty();
     env.set_auto_escape_callback(move |_| escape.clone());
+    env.set_formatter(html_formatter);
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_fuel(Some(FUEL));
     env.set_recursion_limit(RECURSION_LIMIT);
@@ -114,13 +115,60 @@ fn build_environment(escape: AutoEscape) -> Environment<'static> {
     env.add_filter("first", minijinja::filters::first);
     env.add_filter("last", minijinja::filters::last);
     env.add_filter("string", minijinja::filters::string);
-    env.add_filter("escape", minijinja::filters::escape);
-    env.add_filter("e", minijinja::filters::escape);
+    env.add_filter("escape", escape_filter);
+    env.add_filter("e", escape_filter);
     env.add_filter("truncate", truncate);
     env.add_test("defined", minijinja::tests::is_defined);
     env.add_test("undefined", minijinja::tests::is_undefined);
     env.add_test("none", minijinja::tests::is_none);
     env
+}
+
+/// Escapes text for HTML: `&`, `<`, `>`, `"` and `'`, which is all that is needed in element
+/// content and quoted attributes. minijinja's own escaping also turns `/` into `&#x2f;`, valid
+/// but noise in every link of every mail's source.
+pub fn escape_html(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The output formatter of every environment: strings in an HTML-escaped context go through
+/// [`escape_html`]; everything else (safe strings, numbers, plain-text contexts) as minijinja does.
+pub fn html_formatter(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    match value.as_str() {
+        Some(text) if matches!(state.auto_escape(), AutoEscape::Html) && !value.is_safe() => {
+            let mut escaped = String::with_capacity(text.len() + text.len() / 8);
+            escape_html(text, &mut escaped);
+            out.write_str(&escaped).map_err(minijinja::Error::from)
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// `escape` / `e`: marks the value safe after [`escape_html`] (a safe value stays as it is).
+fn escape_filter(value: &Value) -> Value {
+    if value.is_safe() {
+        return value.clone();
+    }
+    let text = value
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string());
+    let mut escaped = String::with_capacity(text.len());
+    escape_html(&text, &mut escaped);
+    Value::from_safe_string(escaped)
 }
 
 /// `truncate(length=255, end='...')`: cut to `length` characters, ending in `end`.
@@ -306,6 +354,22 @@ pub fn describe(e: &minijinja::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn html_escaping_leaves_slashes_alone_but_escapes_markup_and_quotes() {
+        let env = environment(Part::Html);
+        let out = env
+            .render_str(
+                "<a href=\"{{ url }}\">{{ name }}</a> {{ name|e }}",
+                minijinja::context! { url => "https://x.example/a?b=1&c='2'", name => "<b>\"A\" & B</b>" },
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<a href=\"https://x.example/a?b=1&amp;c=&#x27;2&#x27;\">&lt;b&gt;&quot;A&quot; &amp; B&lt;/b&gt;</a> \
+             &lt;b&gt;&quot;A&quot; &amp; B&lt;/b&gt;"
+        );
+    }
+
     use super::*;
 
     fn data() -> Value {

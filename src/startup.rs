@@ -54,8 +54,9 @@ pub fn jwt_verifier(config: &Config) -> anyhow::Result<(JwtVerifier, Option<Secr
         let path = secrets::jwt_secret_path(config);
         eprintln!(
             "mailroom: no MAILROOM_JWT_SECRET or MAILROOM_JWT_PUBLIC_KEY_FILE was set, so a secret was generated in {} (mode 0600).\n\
-             mailroom: mint a token with:  mailroom token --sub admin --scope 'settings:read settings:write smtp:test notifications:send notifications:read' --ttl 1h",
-            path.display()
+             mailroom: mint a token with:  {} token --sub admin --scope 'settings:read settings:write smtp:test notifications:send notifications:read' --ttl 1h",
+            path.display(),
+            own_command()
         );
     }
     let verifier = JwtVerifier::new(
@@ -65,6 +66,29 @@ pub fn jwt_verifier(config: &Config) -> anyhow::Result<(JwtVerifier, Option<Secr
         config.jwt_audience.clone(),
     )?;
     Ok((verifier, secret))
+}
+
+/// How the user can run this same binary again: `mailroom` when that name on PATH is this file,
+/// `cargo run -q --` when it is a cargo build run from its project, else the full path.
+fn own_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "mailroom".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths)
+            .filter_map(|dir| std::fs::canonicalize(dir.join("mailroom")).ok())
+            .any(|found| found == exe)
+    });
+    if on_path {
+        return "mailroom".into();
+    }
+    let in_project = std::path::Path::new("Cargo.toml").is_file();
+    let dir = exe.parent().and_then(|d| d.file_name()).and_then(|d| d.to_str());
+    match dir {
+        Some("debug") if in_project => "cargo run -q --".into(),
+        Some("release") if in_project => "cargo run -q --release --".into(),
+        _ => exe.display().to_string(),
+    }
 }
 
 pub struct Application {

@@ -202,7 +202,7 @@ mod tests {
                     // HTML escapes what the data says.
                     assert!(
                         r.html
-                            .contains(&format!("&lt;b&gt;{}&lt;&#x2f;b&gt; &amp; co", v.name)),
+                            .contains(&format!("&lt;b&gt;{}&lt;/b&gt; &amp; co", v.name)),
                         "{}: {}",
                         event.name,
                         r.html

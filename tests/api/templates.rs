@@ -208,8 +208,9 @@ async fn preview_equals_what_is_then_delivered(app: TestApp) {
     // The data is escaped in HTML, not in text; the branding frames both.
     assert!(html.contains("Payments &lt;API&gt; &amp; more"), "{html}");
     assert!(text.contains("Payments <API> & more"), "{text}");
-    // minijinja escapes `/` in HTML as `&#x2f;`, which browsers read back as `/`.
-    assert!(html.contains("portal.example.com&#x2f;logo.png"), "{html}");
+    // Links stay readable in the mail's source: `/` is not escaped.
+    assert!(html.contains("https://portal.example.com/logo.png"), "{html}");
+    assert!(!html.contains("&#x2f;"), "{html}");
     assert!(html.contains("#0b5fff"), "{html}");
     assert!(text.contains("Example Corp, 1 Main Street"), "{text}");
     assert!(text.contains("support@example.com"), "{text}");
@@ -242,7 +243,7 @@ async fn branding_alone_frames_the_builtin_mail_in_both_parts() {
     app.notify(&approved(None)).await;
     let (text, html) = parts(&server.wait_for(1, WAIT).await[0]);
     assert!(
-        html.contains("<img src=\"https:&#x2f;&#x2f;acme.example.com&#x2f;logo.png\""),
+        html.contains("<img src=\"https://acme.example.com/logo.png\""),
         "{html}"
     );
     assert!(html.contains("#ff6600") && html.contains("Acme Inc."), "{html}");
