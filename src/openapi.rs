@@ -56,18 +56,99 @@ pub fn base() -> utoipa::openapi::OpenApi {
 }
 
 /// The complete document, as served at `/openapi.json` and committed under `openapi/`.
-pub fn document() -> utoipa::openapi::OpenApi {
-    App::new()
+pub fn document() -> serde_json::Value {
+    let doc = App::new()
         .into_utoipa_app()
         .openapi(base())
         .configure(crate::routes::api)
         .split_for_parts()
-        .1
+        .1;
+    let mut json = serde_json::to_value(&doc).expect("the document serializes");
+    polish(&mut json);
+    json
+}
+
+/// Rules every operation follows, applied in one place rather than repeated on ~40 handlers,
+/// in the form code generators (openapi-typescript, openapi-python-client) handle well:
+/// - header parameters are plain strings (utoipa writes an optional one as `["string", "null"]`,
+///   and a generated client then passes `None` where the header should be left out);
+/// - an optional request body is its schema, not `oneOf [schema, null]`;
+/// - every body may be answered 413 (too large) and 415 (not JSON);
+/// - a 401 carries `WWW-Authenticate`, a 429 `Retry-After`.
+fn polish(doc: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    let problem = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        })
+    };
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for op in item.values_mut().filter_map(Value::as_object_mut) {
+            if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                for param in params.iter_mut().filter(|p| p["in"] == "header") {
+                    if let Some(types) = param.pointer_mut("/schema/type").and_then(Value::as_array_mut) {
+                        types.retain(|t| t != "null");
+                        if types.len() == 1 {
+                            param["schema"]["type"] = types[0].clone();
+                        }
+                    }
+                }
+            }
+            let has_body = op.contains_key("requestBody");
+            if let Some(body) = op.get_mut("requestBody") {
+                if let Some(schema) = body.pointer_mut("/content/application~1json/schema") {
+                    let optional = schema["oneOf"]
+                        .as_array()
+                        .filter(|alts| alts.len() == 2 && alts.iter().any(|a| a["type"] == "null"))
+                        .and_then(|alts| alts.iter().find(|a| a["type"] != "null").cloned());
+                    if let Some(inner) = optional {
+                        *schema = inner;
+                        body["required"] = Value::Bool(false);
+                    }
+                }
+            }
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            if has_body {
+                let limit = crate::extract::body_limit(path);
+                responses
+                    .entry("413")
+                    .or_insert_with(|| problem(&format!("The body is larger than {} KiB", limit / 1024)));
+                responses
+                    .entry("415")
+                    .or_insert_with(|| problem("A body that is not application/json"));
+            }
+            if let Some(r) = responses.get_mut("401").and_then(Value::as_object_mut) {
+                r.entry("headers").or_insert_with(|| json!({})).as_object_mut().map(|h| {
+                    h.insert(
+                        "WWW-Authenticate".into(),
+                        json!({"description": "`Bearer`, with `error=\"invalid_token\"` when a token was sent", "schema": {"type": "string"}}),
+                    )
+                });
+            }
+            if let Some(r) = responses.get_mut("429").and_then(Value::as_object_mut) {
+                r.entry("headers").or_insert_with(|| json!({})).as_object_mut().map(|h| {
+                    h.insert(
+                        "Retry-After".into(),
+                        json!({"description": "Seconds until a retry can succeed", "schema": {"type": "integer", "minimum": 0}}),
+                    )
+                });
+            }
+        }
+    }
 }
 
 /// Pretty JSON with a trailing newline, the form committed to `openapi/openapi.json`.
-pub fn to_pretty_json(doc: &utoipa::openapi::OpenApi) -> String {
-    let mut json = doc.to_pretty_json().unwrap_or_default();
+pub fn to_pretty_json(doc: &serde_json::Value) -> String {
+    let mut json = serde_json::to_string_pretty(doc).unwrap_or_default();
     json.push('\n');
     json
 }

@@ -246,7 +246,9 @@ fn run(
             .into_utoipa_app()
             .openapi(crate::openapi::base())
             .configure(routes::api)
-            .openapi_service(|_| SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", spec.clone()))
+            .openapi_service(|_| {
+                SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", spec.clone())
+            })
             .into_app()
             .route("/docs", web::get().to(routes::docs_redirect))
             .default_service(web::to(routes::fallback))

@@ -30,9 +30,79 @@ pub struct ServerInfo {
     pub security: Security,
 }
 
+/// Every step a test can report, in the order they run.
+pub const STEP_NAMES: &[&str] = &[
+    "resolve",
+    "connect",
+    "tls",
+    "greeting",
+    "ehlo",
+    "starttls",
+    "oauth_token",
+    "auth",
+    "mail_from",
+    "rcpt_to",
+    "data",
+];
+
+/// Every code a failed test can carry.
+pub const ERROR_CODES: &[&str] = &[
+    "dns_failed",
+    "host_not_allowed",
+    "connection_refused",
+    "connection_timeout",
+    "timeout",
+    "tls_failed",
+    "certificate_invalid",
+    "starttls_unsupported",
+    "auth_unsupported",
+    "auth_failed",
+    "oauth_token_failed",
+    "oauth_invalid_client",
+    "oauth_invalid_grant",
+    "oauth_unreachable",
+    "sender_rejected",
+    "recipient_rejected",
+    "message_rejected",
+];
+
+/// A string schema whose values are `values` (the lists above are the one source).
+fn string_enum(
+    description: &str,
+    values: &[&str],
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .enum_values(Some(values.iter().copied()))
+        .into()
+}
+
+/// The name of a test step, as a schema.
+pub struct StepName;
+
+impl utoipa::PartialSchema for StepName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_enum("A step of an SMTP test, in the order they run.", STEP_NAMES)
+    }
+}
+
+impl ToSchema for StepName {}
+
+/// The code of a failed test, as a schema.
+pub struct ErrorCode;
+
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_enum("Why an SMTP test failed.", ERROR_CODES)
+    }
+}
+
+impl ToSchema for ErrorCode {}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Step {
-    /// resolve, connect, tls, greeting, ehlo, starttls, auth, mail_from, rcpt_to, data.
+    #[schema(value_type = StepName)]
     pub step: &'static str,
     pub ok: bool,
     pub duration_ms: u64,
@@ -44,11 +114,9 @@ pub struct Step {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TestError {
-    /// dns_failed, connection_refused, connection_timeout, timeout, tls_failed, certificate_invalid,
-    /// starttls_unsupported, auth_unsupported, auth_failed, sender_rejected, recipient_rejected,
-    /// message_rejected, host_not_allowed, oauth_token_failed, oauth_invalid_client,
-    /// oauth_invalid_grant, oauth_unreachable.
+    #[schema(value_type = ErrorCode)]
     pub code: &'static str,
+    #[schema(value_type = StepName)]
     pub step: &'static str,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +161,8 @@ fn error(
     message: impl Into<String>,
     hint: Option<String>,
 ) -> TestError {
+    debug_assert!(ERROR_CODES.contains(&code), "undocumented test error code {code}");
+    debug_assert!(STEP_NAMES.contains(&step), "undocumented test step {step}");
     TestError {
         code,
         step,
@@ -136,6 +206,7 @@ impl Run<'_> {
         detail: String,
         smtp_code: Option<u16>,
     ) {
+        debug_assert!(STEP_NAMES.contains(&step), "undocumented test step {step}");
         self.steps.push(Step {
             step,
             ok,

@@ -29,7 +29,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub struct NotificationRequest {
     /// An event from `GET /events`.
     #[serde(default)]
-    #[schema(value_type = String, example = "access_request_approved")]
+    #[schema(value_type = String, example = "access_request_approved", required = true)]
     pub event: Field<String>,
     /// The recipient. Required for user events; admin events go to the admin address unless given.
     #[serde(default)]
@@ -40,7 +40,7 @@ pub struct NotificationRequest {
     pub to_name: Field<String>,
     /// Template variables of the event: strings, numbers or booleans.
     #[serde(default)]
-    #[schema(value_type = Object, example = json!({"product_name": "Payments API", "user_name": "Ada"}))]
+    #[schema(value_type = TemplateData, example = json!({"product_name": "Payments API", "user_name": "Ada"}))]
     pub data: Field<serde_json::Map<String, serde_json::Value>>,
     /// When an undelivered notification stops being worth sending (default: the event's lifetime).
     #[serde(default)]
@@ -56,6 +56,28 @@ pub struct NotificationRequest {
     #[schema(value_type = Option<String>)]
     pub idempotency_key: Field<String>,
 }
+
+/// The variables of an event (`GET /events` lists them): each a string, number or boolean.
+pub struct TemplateData;
+
+impl utoipa::PartialSchema for TemplateData {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+        let value = OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Template variables of the event (`GET /events` lists them): strings, numbers or booleans.",
+            ))
+            .additional_properties(Some(Schema::OneOf(value.build())))
+            .into()
+    }
+}
+
+impl ToSchema for TemplateData {}
 
 /// A validated request.
 #[derive(Debug)]

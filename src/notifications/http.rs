@@ -298,10 +298,20 @@ pub async fn post_batch(
     }))
 }
 
+/// How one delivery attempt ended.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Sent,
+    /// Will be retried.
+    Deferred,
+    Failed,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptView {
     pub at: DateTime<Utc>,
-    /// `sent`, `deferred` (will retry) or `failed`.
+    #[schema(value_type = AttemptOutcome)]
     pub outcome: String,
     pub smtp_code: Option<i32>,
     /// The server's reply, or what went wrong on the way.
@@ -315,7 +325,7 @@ pub struct NotificationView {
     pub event: String,
     pub to: Option<String>,
     pub to_name: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::accept::TemplateData)]
     pub data: serde_json::Value,
     pub subject: String,
     /// The locale whose templates were used.
@@ -634,10 +644,23 @@ pub struct LastEvent {
     pub reply: Option<String>,
 }
 
+/// Notifications per status (the shape of `Stats.counts`, which has every status).
+#[derive(ToSchema)]
+#[allow(dead_code)] // only describes the map `stats` builds from `Status::ALL`
+pub struct StatusCounts {
+    held: u64,
+    queued: u64,
+    sending: u64,
+    sent: u64,
+    failed: u64,
+    expired: u64,
+    suppressed: u64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
     /// Count per status; every status is present.
-    #[schema(value_type = Object, example = json!({"held": 0, "queued": 3, "sending": 1, "sent": 120, "failed": 2, "expired": 0}))]
+    #[schema(value_type = StatusCounts)]
     pub counts: BTreeMap<String, i64>,
     /// Age of the oldest queued notification, in seconds (null when none is queued).
     pub oldest_queued_age_seconds: Option<i64>,

@@ -29,7 +29,7 @@ pub struct PreviewRequest {
     pub locale: Field<String>,
     /// The event's variables, as in `POST /notifications`. Default: the event's example values.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::accept::TemplateData>)]
     pub data: Field<serde_json::Map<String, serde_json::Value>>,
     /// An unsaved draft for this event and locale, checked like a PUT and used in place of what is
     /// stored for exactly them.

@@ -29,13 +29,51 @@ pub struct AuditEntry {
     pub occurred_at: DateTime<Utc>,
     /// The `sub` of the token that acted.
     pub actor: String,
-    /// `settings.updated` or `smtp.tested`.
+    /// `settings.updated`, `smtp.tested`, `template.updated` or `template.deleted`.
     pub action: String,
-    /// `smtp`, `subjects` or `admin_email`.
+    /// The settings document (`smtp`, `subjects`, `admin_email`, `branding`, `locale`,
+    /// `webhooks`) or `templates/{event}/{locale}`.
     pub resource: String,
-    /// For updates, `changes`: `[{"field", "change", "old", "new"}]`; secrets appear only as `"change": "changed"`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = AuditDetails)]
     pub details: serde_json::Value,
+}
+
+/// What an audit entry records; which members are present depends on `action`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON the stores write
+pub struct AuditDetails {
+    /// `settings.updated`: the fields that changed.
+    changes: Option<Vec<FieldChange>>,
+    /// `template.updated` and `template.deleted`: which parts the template now sets.
+    parts: Option<crate::settings::templates::http::PartsSet>,
+    /// `smtp.tested`: the server tested.
+    server: Option<crate::mail::probe::ServerInfo>,
+    /// `smtp.tested`: whether unsaved settings were tested.
+    draft: Option<bool>,
+    /// `smtp.tested`: whether every step passed.
+    ok: Option<bool>,
+    /// `smtp.tested`: the failure's code.
+    #[schema(value_type = Option<crate::mail::probe::ErrorCode>)]
+    error_code: Option<String>,
+    /// `smtp.tested`: the step that failed.
+    #[schema(value_type = Option<crate::mail::probe::StepName>)]
+    error_step: Option<String>,
+    /// `smtp.tested`: whether a test message was accepted.
+    message_sent: Option<bool>,
+}
+
+/// One changed field of a settings document. Secrets appear without `old` and `new`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON `store::diff_fields` writes
+pub struct FieldChange {
+    field: String,
+    /// Always `changed`.
+    #[schema(example = "changed")]
+    change: String,
+    /// The value before (absent for secrets).
+    old: Option<serde_json::Value>,
+    /// The value after (absent for secrets).
+    new: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

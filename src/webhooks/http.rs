@@ -322,6 +322,17 @@ pub async fn test_webhook(
     }))
 }
 
+/// Where a webhook call stands.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookDeliveryStatus {
+    /// Not yet taken by the receiver; tried again at `next_attempt_at`.
+    Pending,
+    Delivered,
+    /// Out of attempts.
+    Failed,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookDeliveryView {
     pub id: String,
@@ -329,7 +340,7 @@ pub struct WebhookDeliveryView {
     #[schema(example = "notification.sent")]
     pub event_type: String,
     pub notification_id: Option<String>,
-    /// `pending`, `delivered` or `failed`.
+    #[schema(value_type = WebhookDeliveryStatus)]
     pub status: String,
     pub attempts: i32,
     /// The receiver's last HTTP status.
@@ -351,7 +362,7 @@ pub struct WebhookDeliveries {
 pub struct DeliveriesQuery {
     /// Only this endpoint's calls.
     pub endpoint: Option<String>,
-    /// `pending`, `delivered` or `failed`.
+    #[param(value_type = Option<WebhookDeliveryStatus>)]
     pub status: Option<String>,
     /// 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]

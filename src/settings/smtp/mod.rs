@@ -118,7 +118,7 @@ impl SmtpSettings {
 pub struct SmtpSettingsInput {
     /// SMTP server host name or IP address, without scheme or port.
     #[serde(default)]
-    #[schema(value_type = String, example = "smtp.example.com")]
+    #[schema(value_type = String, example = "smtp.example.com", required = true)]
     pub host: Field<String>,
     /// Defaults to 587 for `starttls`, 465 for `tls`, 25 for `none`.
     #[serde(default)]

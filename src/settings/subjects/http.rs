@@ -106,6 +106,10 @@ pub async fn put_subjects(
 }
 
 /// Change some subjects; `null` resets an event to its default.
+///
+/// The answer is the whole document (every event, as `GET` returns it, with the new `ETag`), not
+/// only the events sent: an admin form shows all subjects and refreshes from this one answer,
+/// and the ETag belongs to the whole document. It is about 5 KB.
 #[utoipa::path(
     tag = "settings",
     security(("bearer" = ["settings:write"])),
