@@ -358,7 +358,9 @@ async fn a_full_disk_is_507_and_not_ready_with_the_cause_in_stats_until_space_re
         .stderr(Stdio::null())
         .status();
     if !probe.is_ok_and(|s| s.success()) {
-        skipped("`unshare -m` is not permitted here (needs root), so the full-disk test passes without running");
+        skipped(
+            "`unshare -m` is not permitted here (needs root), so the full-disk test passes without running",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
