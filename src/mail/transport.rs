@@ -352,11 +352,7 @@ impl SmtpTarget {
     /// implicit TLS or STARTTLS as configured, EHLO, AUTH. The SMTP test walks the same steps one by
     /// one with the same parameters. `tls` comes from [`Self::tls_parameters`], built once per
     /// settings version (it reads the system's root certificates).
-    pub async fn connect(
-        &self,
-        ctx: &MailContext,
-        tls: &TlsParameters,
-    ) -> Result<AsyncSmtpConnection, ConnectError> {
+    pub async fn connect(&self, ctx: &MailContext, tls: &TlsParameters) -> Result<Session, ConnectError> {
         let Some(source) = &self.oauth else {
             return self.connect_with(ctx, tls, None).await;
         };
@@ -379,7 +375,7 @@ impl SmtpTarget {
         ctx: &MailContext,
         tls: &TlsParameters,
         token: Option<&SecretString>,
-    ) -> Result<AsyncSmtpConnection, ConnectError> {
+    ) -> Result<Session, ConnectError> {
         let limit = self.timeout;
         let secs = limit.as_secs();
         let timed = |step: &'static str| move |_| ConnectError::Timeout { step, secs };
@@ -420,6 +416,9 @@ impl SmtpTarget {
                 .await
                 .map_err(timed("STARTTLS"))??;
         }
+        let pipelining = tokio::time::timeout(limit, offers_pipelining(&mut conn, &client_id))
+            .await
+            .map_err(timed("EHLO"))??;
         match (token, &self.username) {
             (Some(token), Some(user)) => {
                 match tokio::time::timeout(limit, xoauth2(&mut conn, user, token))
@@ -449,8 +448,30 @@ impl SmtpTarget {
                 }
             }
         }
-        Ok(conn)
+        Ok(Session { conn, pipelining })
     }
+}
+
+/// An open, authenticated SMTP session and what the transaction may rely on.
+pub struct Session {
+    pub conn: AsyncSmtpConnection,
+    /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA may go in one write.
+    pub pipelining: bool,
+}
+
+/// Whether the server lists PIPELINING in its EHLO reply. lettre keeps only the keywords it
+/// uses, so EHLO is asked once more (before AUTH, where it resets nothing), once per session.
+async fn offers_pipelining(
+    conn: &mut AsyncSmtpConnection,
+    client_id: &ClientId,
+) -> Result<bool, lettre::transport::smtp::Error> {
+    let reply = conn
+        .command(lettre::transport::smtp::commands::Ehlo::new(client_id.clone()))
+        .await?;
+    let offered = reply
+        .message()
+        .any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"));
+    Ok(offered)
 }
 
 /// A command line sent as is (lettre adds nothing).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::TlsParameters;
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
@@ -17,7 +17,7 @@ use crate::config::DeliveryConfig;
 use crate::db::{now_millis, Db};
 use crate::error::ApiError;
 use crate::mail::message::{self, Content, Sender};
-use crate::mail::transport::{resolve_checked, ConnectError};
+use crate::mail::transport::{resolve_checked, ConnectError, Session};
 use crate::mail::{redact, MailContext, SmtpTarget};
 use crate::secrets::SecretCipher;
 use crate::settings::{admin_email, smtp};
@@ -38,7 +38,7 @@ struct Route {
     /// Secrets to scrub from any server reply we store.
     redact: Vec<String>,
     /// Authenticated sessions kept open between messages (at most `concurrency`).
-    idle: Mutex<Vec<AsyncSmtpConnection>>,
+    idle: Mutex<Vec<Session>>,
     mail: MailContext,
     config: DeliveryConfig,
 }
@@ -568,7 +568,7 @@ impl Route {
             match tokio::time::timeout(limit, transaction(&mut conn, envelope, bytes)).await {
                 Ok(Ok(response)) => {
                     let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                    if !conn.has_broken() && idle.len() < self.config.concurrency {
+                    if !conn.conn.has_broken() && idle.len() < self.config.concurrency {
                         idle.push(conn);
                     }
                     return Ok(response);
@@ -662,11 +662,14 @@ enum Stage {
     Data,
 }
 
-/// MAIL, RCPT for each recipient, DATA and the message, each answered before the next; an error
-/// says at which stage (a 5xx at RCPT names the recipient). Like lettre's `send`, SMTPUTF8 and
-/// 8BITMIME are asked for when the envelope or the message need them.
+/// MAIL, RCPT for each recipient, DATA and the message; an error says at which stage (a 5xx at
+/// RCPT names the recipient). When the server offers PIPELINING (RFC 2920), MAIL, the RCPTs and
+/// DATA go out in one write and their replies are read in order, one round trip instead of
+/// three; otherwise each command waits for its reply. After any failed reply the session is
+/// dropped by the caller, so replies still unread never confuse a later transaction. Like
+/// lettre's `send`, SMTPUTF8 and 8BITMIME are asked for when the envelope or message need them.
 async fn transaction(
-    conn: &mut AsyncSmtpConnection,
+    session: &mut Session,
     envelope: &lettre::address::Envelope,
     bytes: &[u8],
 ) -> Result<lettre::transport::smtp::response::Response, (Stage, lettre::transport::smtp::Error)> {
@@ -675,22 +678,47 @@ async fn transaction(
     let mut options = Vec::new();
     let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
     let non_ascii = envelope.from().is_some_and(|a| !ascii(a)) || envelope.to().iter().any(|a| !ascii(a));
-    if non_ascii && conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+    let server = session.conn.server_info();
+    if non_ascii && server.supports_feature(Extension::SmtpUtfEight) {
         options.push(MailParameter::SmtpUtfEight);
     }
-    if !bytes.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+    if !bytes.is_ascii() && server.supports_feature(Extension::EightBitMime) {
         options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
-    conn.command(Mail::new(envelope.from().cloned(), options))
-        .await
-        .map_err(|e| (Stage::Mail, e))?;
-    for to in envelope.to() {
-        conn.command(Rcpt::new(to.clone(), vec![]))
+    let mail = Mail::new(envelope.from().cloned(), options);
+    let rcpts = envelope.to().iter().map(|to| Rcpt::new(to.clone(), vec![]));
+    let conn = &mut session.conn;
+    if session.pipelining {
+        let mut batch = mail.to_string();
+        for rcpt in rcpts {
+            batch.push_str(&rcpt.to_string());
+        }
+        batch.push_str(&Data.to_string());
+        // `command` writes the whole batch in one write and reads the first reply (MAIL's).
+        conn.command(Verbatim(batch))
             .await
-            .map_err(|e| (Stage::Rcpt, e))?;
+            .map_err(|e| (Stage::Mail, e))?;
+        for _ in envelope.to() {
+            conn.read_response().await.map_err(|e| (Stage::Rcpt, e))?;
+        }
+        conn.read_response().await.map_err(|e| (Stage::Data, e))?;
+    } else {
+        conn.command(mail).await.map_err(|e| (Stage::Mail, e))?;
+        for rcpt in rcpts {
+            conn.command(rcpt).await.map_err(|e| (Stage::Rcpt, e))?;
+        }
+        conn.command(Data).await.map_err(|e| (Stage::Data, e))?;
     }
-    conn.command(Data).await.map_err(|e| (Stage::Data, e))?;
     conn.message(bytes).await.map_err(|e| (Stage::Data, e))
+}
+
+/// Commands already formatted, CRLF included, written as they are.
+struct Verbatim(String);
+
+impl std::fmt::Display for Verbatim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod notifications;
 mod oauth;
 mod openapi;
 mod operations;
+mod pipelining;
 mod security_review;
 mod settings_smtp;
 mod smtp_test;

@@ -105,6 +105,10 @@ pub struct Behaviour {
     pub data_delay: Option<Duration>,
     /// Offer AUTH XOAUTH2 and accept these bearer tokens (any user).
     pub xoauth2_tokens: Option<Vec<String>>,
+    /// Offer PIPELINING (RFC 2920).
+    pub pipelining: bool,
+    /// Reply to RCPT TO for this one address (others are accepted).
+    pub reject_rcpt: Option<(String, u16, String)>,
 }
 
 #[derive(Default)]
@@ -114,6 +118,8 @@ struct Shared {
     auth_attempts: Mutex<Vec<(String, String)>>,
     connections: Mutex<usize>,
     data_started: Mutex<usize>,
+    /// MAIL commands that arrived with their RCPT and DATA already behind them (pipelined).
+    pipelined: Mutex<usize>,
     changed: Notify,
 }
 
@@ -161,6 +167,11 @@ impl SmtpServer {
     /// How many TCP connections clients opened.
     pub fn connections(&self) -> usize {
         *self.shared.connections.lock().unwrap()
+    }
+
+    /// How many transactions arrived pipelined: MAIL, RCPT and DATA read before MAIL was answered.
+    pub fn pipelined(&self) -> usize {
+        *self.shared.pipelined.lock().unwrap()
     }
 
     /// How many DATA transactions reached their final dot.
@@ -259,6 +270,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut authed: Option<String> = None;
     let mut mail_from = String::new();
+    let mut mail_ok = false;
     let mut rcpt_to = Vec::new();
     let mut line = String::new();
     loop {
@@ -291,6 +303,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             if auth_offered {
                 lines.push(format!("250-AUTH {mechanisms}"));
+            }
+            if shared.behaviour.lock().unwrap().pipelining {
+                lines.push("250-PIPELINING".into());
             }
             lines.push("250 SIZE 10000000".into());
             reply(&mut io, &lines.join("\r\n")).await?;
@@ -378,6 +393,12 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 reply(&mut io, "535 5.7.8 Username and Password not accepted").await?;
             }
         } else if upper.starts_with("MAIL FROM:") {
+            let waiting = String::from_utf8_lossy(io.buffer()).to_ascii_uppercase();
+            if waiting.contains("RCPT TO:") && waiting.contains("DATA\r\n") {
+                *shared.pipelined.lock().unwrap() += 1;
+            }
+            mail_ok = false;
+            rcpt_to.clear();
             let custom = shared.behaviour.lock().unwrap().mail_reply.clone();
             if (auth.is_some() || bearer.is_some()) && authed.is_none() {
                 reply(&mut io, "530 5.7.0 Authentication required").await?;
@@ -392,17 +413,30 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     .trim_matches(['<', '>'])
                     .to_string();
                 rcpt_to.clear();
+                mail_ok = true;
                 reply(&mut io, "250 2.1.0 OK").await?;
             }
         } else if upper.starts_with("RCPT TO:") {
-            let custom = shared.behaviour.lock().unwrap().rcpt_reply.clone();
+            let address = cmd[8..].trim().trim_matches(['<', '>']).to_string();
+            let custom = {
+                let b = shared.behaviour.lock().unwrap();
+                b.reject_rcpt
+                    .as_ref()
+                    .filter(|(to, _, _)| *to == address)
+                    .map(|(_, code, text)| (*code, text.clone()))
+                    .or_else(|| b.rcpt_reply.clone())
+            };
             match custom {
+                _ if !mail_ok => reply(&mut io, "503 5.5.1 Error: need MAIL command").await?,
                 Some((code, text)) => reply(&mut io, &format!("{code} {text}")).await?,
                 None => {
                     rcpt_to.push(cmd[8..].trim().trim_matches(['<', '>']).to_string());
                     reply(&mut io, "250 2.1.5 OK").await?;
                 }
             }
+        } else if upper == "DATA" && rcpt_to.is_empty() {
+            // As RFC 2920 requires of a pipelining server: no DATA without a valid recipient.
+            reply(&mut io, "554 5.5.1 Error: no valid recipients").await?;
         } else if upper == "DATA" {
             reply(&mut io, "354 End data with <CR><LF>.<CR><LF>").await?;
             let mut data = String::new();
@@ -416,6 +450,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 data.push_str(line.strip_prefix('.').unwrap_or(&line));
             }
+            mail_ok = false;
             *shared.data_started.lock().unwrap() += 1;
             shared.changed.notify_waiters();
             let (hang, scripted, delay) = {
@@ -457,6 +492,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         } else if upper == "RSET" {
+            mail_ok = false;
             mail_from.clear();
             rcpt_to.clear();
             reply(&mut io, "250 2.0.0 OK").await?;
