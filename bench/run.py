@@ -120,13 +120,34 @@ def wait(predicate, timeout, what):
 
 
 def accept_phase(n, db_url):
+    """Closed loop at 64 connections, then open loop at a fixed 5,000/s and at a quarter of the
+    capacity just measured (the same load whatever the machine's speed)."""
     m = Mailroom(db_url, delivery=False)
     try:
         closed = m.load("-n", n, "-c", 64)
         fixed = m.load("-n", 50_000, "--rate", 5000)
+        quarter_rate = max(100, int(closed["notifications_per_second"] / 4))
+        quarter = m.load("-n", quarter_rate * 10, "--rate", quarter_rate)
+        quarter["rate"] = quarter_rate
     finally:
         m.stop()
-    return closed, fixed
+    return closed, fixed, quarter
+
+
+def mixed_phase(seconds, db_url, accept_alone):
+    """Accept and deliver at once: the closed-loop accept rate while the dispatcher delivers the
+    same stream to the sink, against the accept rate measured alone."""
+    sink = Sink()
+    m = Mailroom(db_url, delivery=True)
+    try:
+        m.use_sink()
+        n = int(accept_alone * seconds)
+        result = m.load("-n", n, "-c", 64)
+        result["sent_during"] = m.sent()
+    finally:
+        m.stop()
+        sink.stop()
+    return result
 
 
 def e2e_phase(n, db_url):
@@ -202,18 +223,20 @@ def main():
     args = parser.parse_args()
     n = 20_000 if args.quick else 100_000
     scale_n = 100_000 if args.quick else 1_000_000
+    mixed_seconds = 20 if args.quick else 60
     command = "bash bench/run.sh" + (" --quick" if args.quick else "") + (" --postgres" if args.postgres else "")
 
     results = {}
     results["limit"] = loopback_limit(n)
     results["postfix"] = postfix_relay(n)
-    results["accept"], results["fixed"] = accept_phase(n, None)
+    results["accept"], results["fixed"], results["quarter"] = accept_phase(n, None)
     results["e2e"] = e2e_phase(n, None)
+    results["mixed"] = mixed_phase(mixed_seconds, None, results["accept"]["notifications_per_second"])
     if args.postgres:
         pg = os.environ.get("MAILROOM_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/mailroom_bench")
         subprocess.run(["psql", "postgres://postgres@127.0.0.1:5432/postgres", "-c", "DROP DATABASE IF EXISTS mailroom_bench WITH (FORCE)"], capture_output=True)
         sh(["psql", "postgres://postgres@127.0.0.1:5432/postgres", "-c", "CREATE DATABASE mailroom_bench"])
-        results["pg_accept"], results["pg_fixed"] = accept_phase(n, pg)
+        results["pg_accept"], results["pg_fixed"], results["pg_quarter"] = accept_phase(n, pg)
         sh(["psql", pg, "-c", "TRUNCATE notifications CASCADE"])
         results["pg_e2e"] = e2e_phase(n, pg)
     results["claims"], results["scale_fill"], results["rss"] = scale_phase(scale_n)
@@ -228,7 +251,7 @@ def main():
          f"{postfix['delivered_per_second']:,.0f} msg/s", f"{postfix['delivered_per_second'] / limit:.2f}", "1.0x"),
     ]
 
-    def add(prefix, accept, fixed, e2e):
+    def add(prefix, accept, fixed, e2e, quarter):
         rows.extend([
             (f"{prefix}accept: POST /notifications, 64 connections, N={n} (fsync'd before 202)",
              f"{accept['notifications_per_second']:,.0f} /s (p50 {accept['p50_ms']:.1f} ms, p99 {accept['p99_ms']:.1f} ms, p99.9 {accept['p999_ms']:.1f} ms)",
@@ -236,14 +259,21 @@ def main():
             (f"{prefix}latency at a fixed 5,000/s (open loop, 50k requests)",
              f"p50 {fixed['p50_ms']:.2f} ms, p99 {fixed['p99_ms']:.2f} ms, p99.9 {fixed['p999_ms']:.2f} ms, errors {fixed['errors']}",
              "", ""),
+            (f"{prefix}latency at a quarter of the accept capacity ({quarter['rate']:,}/s, open loop, 10 s)",
+             f"p50 {quarter['p50_ms']:.2f} ms, p99 {quarter['p99_ms']:.2f} ms, p99.9 {quarter['p999_ms']:.2f} ms, errors {quarter['errors']}",
+             "", ""),
             (f"{prefix}end to end: first POST until all {n} read `sent`",
              f"{e2e['per_second']:,.0f} msg/s ({e2e['seconds']:.1f} s; sink counted {e2e['sink_counted']})",
              f"{e2e['per_second'] / limit:.2f}", f"{e2e['per_second'] / postfix['delivered_per_second']:.1f}x"),
         ])
 
-    add("SQLite ", results["accept"], results["fixed"], results["e2e"])
+    add("SQLite ", results["accept"], results["fixed"], results["e2e"], results["quarter"])
+    mixed = results["mixed"]
+    rows.append((f"SQLite accept while delivering: 64 connections, {mixed['notifications']:,} notifications, delivery on",
+                 f"{mixed['notifications_per_second']:,.0f} /s (p99 {mixed['p99_ms']:.1f} ms; {mixed['sent_during']:,} sent meanwhile)",
+                 f"{mixed['notifications_per_second'] / limit:.2f}", ""))
     if args.postgres:
-        add("PostgreSQL ", results["pg_accept"], results["pg_fixed"], results["pg_e2e"])
+        add("PostgreSQL ", results["pg_accept"], results["pg_fixed"], results["pg_e2e"], results["pg_quarter"])
     for c in results["claims"]:
         rows.append((f"claim 100 with {c['queued']:,} queued ({c['backend']})",
                      f"median {c['claim_ms_median']:.2f} ms, p90 {c['claim_ms_p90']:.2f} ms", "", ""))
@@ -251,13 +281,39 @@ def main():
                  f"{results['rss']['VmRSS'] / 1024:.0f} MB now, {results['rss']['VmHWM'] / 1024:.0f} MB peak "
                  f"({results['scale_fill']['notifications_per_second']:,.0f} /s via batches of 1000)", "", ""))
 
+    def target(name, value, ok, shown):
+        targets.append(f"| {name} | {shown} | {'met' if ok else 'missed'} |")
+
+    targets = ["| target | measured | met? |", "|---|---|---|"]
+    acc, e2e = results["accept"]["notifications_per_second"], results["e2e"]["per_second"]
+    pf = postfix["delivered_per_second"]
+    target("SQLite end to end >= 0.45 of the loopback limit", e2e / limit, e2e / limit >= 0.45, f"{e2e / limit:.2f}")
+    target("SQLite end to end >= 10x Postfix", e2e / pf, e2e / pf >= 10, f"{e2e / pf:.1f}x")
+    target("SQLite accept >= 0.90 of the loopback limit (fsync'd)", acc / limit, acc / limit >= 0.90, f"{acc / limit:.2f}")
+    q = results["quarter"]
+    target(f"SQLite p99 of POST at 0.25 of capacity ({q['rate']:,}/s) < 5 ms", q["p99_ms"], q["p99_ms"] < 5,
+           f"{q['p99_ms']:.2f} ms (at a fixed 5,000/s: {results['fixed']['p99_ms']:.2f} ms)")
+    ratio = mixed["notifications_per_second"] / acc
+    target("SQLite accept while delivering >= 0.8 of accept alone", ratio, ratio >= 0.8, f"{ratio:.2f}")
+    if args.postgres:
+        pe, pa = results["pg_e2e"]["per_second"], results["pg_accept"]["notifications_per_second"]
+        target("PostgreSQL end to end >= 0.30 of the limit", pe / limit, pe / limit >= 0.30, f"{pe / limit:.2f}")
+        target("PostgreSQL end to end >= 6x Postfix", pe / pf, pe / pf >= 6, f"{pe / pf:.1f}x")
+        target("PostgreSQL accept >= 0.65 of the limit", pa / limit, pa / limit >= 0.65, f"{pa / limit:.2f}")
+        pq = results["pg_quarter"]
+        target(f"PostgreSQL p99 of POST at 0.25 of capacity ({pq['rate']:,}/s) < 5 ms", pq["p99_ms"], pq["p99_ms"] < 5,
+               f"{pq['p99_ms']:.2f} ms")
+    rss = results["rss"]
+    target(f"RSS < 100 MB at rest and at peak with {scale_n:,} queued", rss["VmHWM"], rss["VmHWM"] < 100 * 1024,
+           f"{rss['VmRSS'] / 1024:.0f} MB at rest, {rss['VmHWM'] / 1024:.0f} MB peak")
+
     cpu = sh("nproc").strip()
     mem = sh("free -g | awk '/Mem:/ {print $2}'").strip()
     table = ["| measurement | result | ratio to loopback limit | ratio to Postfix |", "|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: "
               f"{cpu} cores, {mem} GiB, {platform.platform()}.\n\nCommand: `{command}`\n")
-    report = header + "\n" + "\n".join(table) + "\n"
+    report = header + "\n" + "\n".join(table) + "\n\nTargets (ratios from this run):\n\n" + "\n".join(targets) + "\n"
     print(report)
     with open(os.path.join(ROOT, "bench", "latest.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -92,6 +92,7 @@ pub struct Db {
     read: Pool,
     write: Pool,
     backend: &'static str,
+    url: DatabaseUrl,
     /// The last failed write because storage was full, until a write succeeds again.
     storage: Arc<Mutex<Option<StorageFailure>>>,
 }
@@ -140,8 +141,17 @@ impl Db {
             read,
             write,
             backend: url.backend_name(),
+            url: url.clone(),
             storage: Arc::default(),
         })
+    }
+
+    /// The PostgreSQL URL, for a connection of its own (LISTEN); None on SQLite.
+    pub fn postgres_url(&self) -> Option<&str> {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => Some(url),
+            DatabaseUrl::Sqlite(_) => None,
+        }
     }
 
     pub fn backend(&self) -> &'static str {
@@ -323,6 +333,19 @@ fn storage_full(e: &diesel::result::Error) -> Option<String> {
 }
 
 /// Milliseconds since the Unix epoch: the one time representation stored in every table.
+/// The PostgreSQL channel on which new and newly due notifications are announced, so that every
+/// instance's dispatcher wakes at once instead of at its next poll.
+pub const QUEUE_CHANNEL: &str = "mailroom_queue";
+
+/// Announces work on [`QUEUE_CHANNEL`] (delivered when the surrounding transaction commits);
+/// nothing on SQLite, where every process shares one file and polls it.
+pub fn notify_queue(conn: &mut DbConnection) -> diesel::QueryResult<()> {
+    if let DbConnection::Postgres(c) = conn {
+        diesel::RunQueryDsl::execute(diesel::sql_query(format!("NOTIFY {QUEUE_CHANNEL}")), c)?;
+    }
+    Ok(())
+}
+
 pub fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

@@ -104,6 +104,14 @@ impl Dispatcher {
     /// crash only what was on the wire can be sent twice.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(owner = %self.owner, concurrency = self.config.concurrency, lease = ?self.config.lease, "dispatcher started");
+        if let Some(url) = self.db.postgres_url() {
+            let signals = self.signals.clone();
+            super::wakeup::listen(
+                url.to_string(),
+                move || signals.work.notify_one(),
+                shutdown.clone(),
+            );
+        }
         let (outcomes, outcomes_rx) = mpsc::unbounded_channel::<Recorded>();
         let recorder = tokio::spawn(record_outcomes(self.db.clone(), self.owner.clone(), outcomes_rx));
         let mut slots: JoinSet<()> = JoinSet::new();

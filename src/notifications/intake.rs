@@ -128,6 +128,7 @@ fn commit(
             results.push(result);
         }
         store::insert_many(conn, &rows)?;
+        crate::db::notify_queue(conn)?;
         // Suppressed ones are final at once: their webhooks go in this transaction too.
         let suppressed: Vec<&accept::Accepted> = results
             .iter()

@@ -8,3 +8,4 @@ pub mod preview;
 pub mod render;
 pub mod routing;
 pub mod store;
+pub mod wakeup;

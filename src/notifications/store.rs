@@ -536,6 +536,7 @@ pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Res
         // Webhook calls go in the same transaction as the status changes that cause them.
         let hooks = crate::webhooks::load(conn)?;
         let mut attempts = Vec::with_capacity(results.len());
+        let mut sent = Vec::new();
         for r in results {
             let now = r.attempted_at + r.duration_ms;
             let mine = notifications::table.filter(
@@ -555,16 +556,12 @@ pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Res
                     reply,
                     message_id,
                 } => {
-                    diesel::update(mine)
-                        .set((
-                            notifications::status.eq(Status::Sent.as_str()),
-                            notifications::status_reason.eq(None::<String>),
-                            notifications::sent_at.eq(now),
-                            notifications::message_id.eq(message_id),
-                            notifications::smtp_reply.eq(reply),
-                            no_lease,
-                        ))
-                        .execute(conn)?;
+                    sent.push(SentRow {
+                        id: &r.id,
+                        at: now,
+                        message_id,
+                        reply,
+                    });
                     (Some("sent"), Some(*code), reply)
                 }
                 Outcome::Deferred {
@@ -649,6 +646,7 @@ pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Res
                 });
             }
         }
+        mark_sent(conn, owner, &sent)?;
         // One multi-row INSERT per backend instead of a round trip per attempt.
         for chunk in attempts.chunks(1000) {
             match conn {
@@ -662,6 +660,74 @@ pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Res
         }
         Ok(())
     })
+}
+
+/// A delivered notification, for [`mark_sent`].
+struct SentRow<'a> {
+    id: &'a str,
+    at: i64,
+    message_id: &'a str,
+    reply: &'a str,
+}
+
+/// Marks delivered notifications `sent` with one statement per 500 (instead of a statement, and
+/// on PostgreSQL a round trip, per notification), guarded by the lease owner like every outcome.
+fn mark_sent(conn: &mut DbConnection, owner: &str, rows: &[SentRow<'_>]) -> QueryResult<()> {
+    for chunk in rows.chunks(500) {
+        match conn {
+            DbConnection::Sqlite(c) => {
+                sent_update::<diesel::sqlite::Sqlite>(owner, chunk, |_| "?".into()).execute(c)?
+            }
+            DbConnection::Postgres(c) => {
+                sent_update::<diesel::pg::Pg>(owner, chunk, |i| format!("${i}")).execute(c)?
+            }
+        };
+    }
+    Ok(())
+}
+
+/// `WITH v AS (VALUES ...) UPDATE ... FROM v`: valid on PostgreSQL and on SQLite since 3.33.
+/// `placeholder(n)` writes the n-th (1-based) bind parameter in the backend's syntax.
+fn sent_update<'a, DB>(
+    owner: &'a str,
+    rows: &'a [SentRow<'a>],
+    placeholder: impl Fn(usize) -> String,
+) -> diesel::query_builder::BoxedSqlQuery<'a, DB, diesel::query_builder::SqlQuery>
+where
+    DB: diesel::backend::Backend
+        + diesel::sql_types::HasSqlType<Text>
+        + diesel::sql_types::HasSqlType<BigInt>,
+    &'a str: diesel::serialize::ToSql<Text, DB>,
+    i64: diesel::serialize::ToSql<BigInt, DB>,
+{
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        placeholder(n)
+    };
+    let values: Vec<String> = rows
+        .iter()
+        .map(|_| format!("({}, {}, {}, {})", next(), next(), next(), next()))
+        .collect();
+    let sql = format!(
+        "WITH v(id, at, message_id, reply) AS (VALUES {}) \
+         UPDATE notifications SET status = 'sent', status_reason = NULL, sent_at = v.at, \
+         message_id = v.message_id, smtp_reply = v.reply, lease_owner = NULL, lease_until = NULL, \
+         updated_at = v.at \
+         FROM v WHERE notifications.id = v.id AND notifications.lease_owner = {} \
+         AND notifications.status = 'sending'",
+        values.join(", "),
+        next()
+    );
+    let mut query = diesel::sql_query(sql).into_boxed::<DB>();
+    for r in rows {
+        query = query
+            .bind::<Text, _>(r.id)
+            .bind::<BigInt, _>(r.at)
+            .bind::<Text, _>(r.message_id)
+            .bind::<Text, _>(r.reply);
+    }
+    query.bind::<Text, _>(owner)
 }
 
 /// Periodic housekeeping: expire what is overdue, requeue abandoned leases, and move notifications

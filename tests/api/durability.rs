@@ -148,3 +148,55 @@ async fn two_instances_on_one_postgres_deliver_each_of_500_notifications_exactly
     assert_eq!(received.len(), 500, "some notification was delivered twice");
     assert_eq!(ids.len(), 500);
 }
+
+#[tokio::test]
+async fn on_postgres_a_notification_accepted_by_one_instance_wakes_an_idle_one_at_once() {
+    let Some(pg) = PgDatabase::create() else {
+        return; // `create` said why
+    };
+    let server = SmtpServer::start(Behaviour::default()).await;
+    // `front` only accepts; `worker` delivers, and on its own would look again only every 60 s
+    // (poll interval and lease renewal both far away).
+    let front = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("MAILROOM_DATABASE_URL", &pg.url),
+            ("MAILROOM_DELIVERY_ENABLED", "false"),
+        ],
+    )
+    .await
+    .unwrap();
+    front.use_smtp_server(server.port).await;
+    let worker = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("MAILROOM_DATABASE_URL", &pg.url),
+            ("MAILROOM_DELIVERY_POLL_MILLISECONDS", "60000"),
+            ("MAILROOM_DELIVERY_LEASE_SECONDS", "300"),
+        ],
+    )
+    .await
+    .unwrap();
+    // A first notification, delivered: afterwards the worker is idle, waiting.
+    let first = front
+        .notify(&json!({"event": "user_deactivated", "to": "first@example.com"}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    worker.wait_for_status(&first, "sent", WAIT).await;
+    let started = tokio::time::Instant::now();
+    let id = front
+        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.wait_for(2, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    eprintln!("measured: accepted by one instance, sent by the other after {took:?}");
+    assert!(took < Duration::from_secs(5), "the idle instance waited {took:?}");
+    worker.wait_for_status(&id, "sent", WAIT).await;
+}
