@@ -76,6 +76,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
+    // reqwest is built without a default TLS provider (the service installs ring at start).
+    mailroom::startup::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .build()
