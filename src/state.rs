@@ -32,6 +32,16 @@ impl AppState {
         self.signals.settings.notify_one();
     }
 
+    /// The template catalog: from memory while it is fresh, else checked against the database
+    /// (which a request for every notification would otherwise pay).
+    pub async fn catalog(&self) -> Result<Arc<crate::settings::templates::Catalog>, crate::error::ApiError> {
+        if let Some(catalog) = self.catalog.fresh() {
+            return Ok(catalog);
+        }
+        let cache = self.catalog.clone();
+        self.db.read(move |conn| cache.get(conn)).await
+    }
+
     /// New work is queued.
     pub fn wake_dispatcher(&self) {
         self.signals.work.notify_one();

@@ -103,16 +103,11 @@ async fn accept_one(
     let now = now_millis();
     let key = idempotency_header(req)?;
     let validated = accept::validate(body, key.as_deref(), "", now).map_err(ApiError::Validation)?;
-    let catalog = {
-        let cache = state.catalog.clone();
-        state.db.read(move |conn| cache.get(conn)).await?
-    };
-    let validated = crate::error::blocking(move || {
-        let mut v = validated;
-        accept::render_validated(&mut v, &catalog)?;
-        Ok(v)
-    })
-    .await?;
+    let catalog = state.catalog().await?;
+    // Rendered here, on the HTTP worker: bounded by the sandbox (fuel, output size), and a hop to
+    // a blocking thread per request cost more than the rendering itself.
+    let mut validated = validated;
+    accept::render_validated(&mut validated, &catalog)?;
     let acceptance = state.intake.accept(validated, auth.sub(), now).await?;
     if let Acceptance::New(a) = &acceptance {
         if a.status == Status::Queued {
@@ -231,10 +226,7 @@ pub async fn post_batch(
     }
     // Rendered off the async threads and before the committer; a failure is the item's own.
     if !valid.is_empty() {
-        let catalog = {
-            let cache = state.catalog.clone();
-            state.db.read(move |conn| cache.get(conn)).await?
-        };
+        let catalog = state.catalog().await?;
         let rendered = crate::error::blocking(move || {
             Ok(valid
                 .into_iter()

@@ -70,10 +70,7 @@ pub async fn preview(
     body: web::Json<Object<PreviewRequest>>,
 ) -> Result<web::Json<Preview>, ApiError> {
     let req = body.into_inner().0;
-    let catalog = {
-        let cache = state.catalog.clone();
-        state.db.read(move |conn| cache.get(conn)).await?
-    };
+    let catalog = state.catalog().await?;
     let rendered: Rendered = crate::error::blocking(move || render_preview(req, catalog)).await?;
     Ok(web::Json(Preview {
         subject: rendered.subject,

@@ -186,3 +186,32 @@ async fn the_event_catalogue_is_public_and_complete() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_saved_subject_is_used_by_the_very_next_render_even_while_the_catalog_is_cached() {
+    async fn preview(app: &TestApp) -> String {
+        let reply = app
+            .post(
+                "/settings/templates/preview",
+                &admin_token(),
+                &json!({"event": "user_deactivated"}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.json()["subject"].as_str().unwrap().to_string()
+    }
+    let app = spawn_app().await;
+    // The first render caches the catalog; the write must end that cache at once.
+    let before = preview(&app).await;
+    let reply = app
+        .patch(
+            "/settings/subjects",
+            &admin_token(),
+            &json!({"subjects": {"user_deactivated": "Closed: {{ user_name }}"}}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let after = preview(&app).await;
+    assert_ne!(before, after);
+    assert!(after.starts_with("Closed: "), "{after}");
+}

@@ -82,5 +82,6 @@ pub async fn put_branding(
         .db
         .write(move |conn| store::update(conn, KEY, if_match.as_deref(), &actor, &[], |_| Ok(branding)))
         .await?;
+    state.catalog.invalidate();
     Ok(respond(Some(&stored)))
 }

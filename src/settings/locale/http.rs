@@ -94,5 +94,6 @@ pub async fn put_locale(
         .db
         .write(move |conn| store::update(conn, KEY, if_match.as_deref(), &actor, &[], |_| Ok(value)))
         .await?;
+    state.catalog.invalidate();
     Ok(respond(Some(&stored)))
 }

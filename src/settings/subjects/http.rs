@@ -159,6 +159,7 @@ async fn write(
             )
         })
         .await?;
+    state.catalog.invalidate();
     state.settings_changed();
     Ok(respond(Some(&stored)))
 }

@@ -345,6 +345,7 @@ pub async fn put_template(
         .db
         .write(move |conn| write_entry(conn, target, &tag, Some(parts), if_match.as_deref(), &actor))
         .await?;
+    state.catalog.invalidate();
     tracing::info!(actor = %auth.sub(), event = target.name(), %locale, "template saved");
     Ok(respond(&catalog, target, &locale))
 }
@@ -381,5 +382,6 @@ pub async fn delete_template(
         .db
         .write(move |conn| write_entry(conn, target, &locale, None, if_match.as_deref(), &actor))
         .await?;
+    state.catalog.invalidate();
     Ok(HttpResponse::NoContent().finish())
 }

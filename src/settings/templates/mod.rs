@@ -218,21 +218,54 @@ impl Catalog {
 #[derive(Default)]
 pub struct CatalogCache(std::sync::Mutex<Option<Cached>>);
 
-/// A catalog and the document versions it was read at.
-type Cached = (Vec<(String, i64)>, std::sync::Arc<Catalog>);
+/// A catalog, the document versions it was read at, and when they were last compared.
+struct Cached {
+    versions: Vec<(String, i64)>,
+    catalog: std::sync::Arc<Catalog>,
+    checked: Option<std::time::Instant>,
+}
+
+/// How long a catalog is used without asking the database whether its documents changed. Writes
+/// through this process end the window at once ([`CatalogCache::invalidate`]); a write through
+/// another instance sharing the database is seen within this time.
+const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl CatalogCache {
+    /// The catalog without touching the database, while it is known to be fresh.
+    pub fn fresh(&self) -> Option<std::sync::Arc<Catalog>> {
+        let cached = self.lock();
+        let c = cached.as_ref()?;
+        c.checked
+            .filter(|at| at.elapsed() < FRESH_FOR)
+            .map(|_| c.catalog.clone())
+    }
+
+    /// The catalog, read again only when one of its documents changed.
     pub fn get(&self, conn: &mut DbConnection) -> Result<std::sync::Arc<Catalog>, ApiError> {
         let versions = store::versions(conn, &[locale::KEY, subjects::KEY, KEY, branding::KEY])?;
-        if let Some((seen, catalog)) = &*self.lock() {
-            if *seen == versions {
-                return Ok(catalog.clone());
+        let now = std::time::Instant::now();
+        if let Some(c) = &mut *self.lock() {
+            if c.versions == versions {
+                c.checked = Some(now);
+                return Ok(c.catalog.clone());
             }
         }
         // Read after the versions: at worst newer than they say, and then reloaded next time.
         let catalog = std::sync::Arc::new(Catalog::load(conn)?);
-        *self.lock() = Some((versions, catalog.clone()));
+        *self.lock() = Some(Cached {
+            versions,
+            catalog: catalog.clone(),
+            checked: Some(now),
+        });
         Ok(catalog)
+    }
+
+    /// After a write of one of the catalog's documents (called once it has committed): the next
+    /// `get` compares versions again.
+    pub fn invalidate(&self) {
+        if let Some(c) = &mut *self.lock() {
+            c.checked = None;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
