@@ -46,3 +46,64 @@ async fn swagger_ui_is_served_without_the_internet() {
     assert_eq!(bare.status, 200);
     assert!(bare.text.to_lowercase().contains("swagger"));
 }
+
+/// The document as code generators read it (issue: typed TypeScript and Python clients).
+#[test]
+fn the_document_is_shaped_for_code_generators() {
+    let doc = mailroom::openapi::document();
+    let schemas = &doc["components"]["schemas"];
+    // Free-form objects become `Record<string, never>` in TypeScript: each has a real shape.
+    assert!(schemas["TemplateData"]["additionalProperties"].is_object());
+    assert_eq!(
+        schemas["NotificationRequest"]["properties"]["data"]["$ref"],
+        "#/components/schemas/TemplateData"
+    );
+    assert_eq!(
+        schemas["Stats"]["properties"]["counts"]["$ref"],
+        "#/components/schemas/StatusCounts"
+    );
+    assert_eq!(
+        schemas["AuditEntry"]["properties"]["details"]["$ref"],
+        "#/components/schemas/AuditDetails"
+    );
+    for (schema, field) in [("SmtpSettingsInput", "host"), ("NotificationRequest", "event")] {
+        let required = schemas[schema]["required"].as_array().unwrap();
+        assert!(
+            required.iter().any(|r| r == field),
+            "{schema}.{field} is not required"
+        );
+    }
+    for name in ["StepName", "ErrorCode", "AttemptOutcome", "WebhookDeliveryStatus"] {
+        assert!(
+            schemas[name]["enum"].is_array() || schemas[name]["oneOf"].is_array(),
+            "{name}"
+        );
+    }
+    let test_body = &doc["paths"]["/settings/smtp/test"]["post"]["requestBody"];
+    assert_eq!(test_body["required"], false);
+    assert_eq!(
+        test_body["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/SmtpTestRequest"
+    );
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["in"] == "header" {
+                    assert_eq!(p["schema"]["type"], "string", "{method} {path} {}", p["name"]);
+                }
+            }
+            let responses = &op["responses"];
+            if op.get("requestBody").is_some() {
+                for code in ["413", "415"] {
+                    assert!(responses.get(code).is_some(), "{method} {path} lacks {code}");
+                }
+            }
+            if let Some(r) = responses.get("401") {
+                assert!(r["headers"]["WWW-Authenticate"].is_object(), "{method} {path}");
+            }
+            if let Some(r) = responses.get("429") {
+                assert!(r["headers"]["Retry-After"].is_object(), "{method} {path}");
+            }
+        }
+    }
+}
