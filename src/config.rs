@@ -212,7 +212,7 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "MAILROOM_DELIVERY_BATCH_SIZE",
         "100",
-        "notifications claimed per query",
+        "most notifications claimed per query (claims follow the pace: about 0.1 s of sending)",
     ),
     var(
         "MAILROOM_SHUTDOWN_GRACE_SECONDS",

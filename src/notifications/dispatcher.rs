@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use lettre::transport::smtp::client::TlsParameters;
 use rand::Rng;
@@ -94,14 +94,17 @@ impl Dispatcher {
         }
     }
 
-    /// Runs until `shutdown` turns true: then stops claiming, gives the sends in flight the
-    /// shutdown grace, drops those still running and releases their claims.
+    /// Runs until `shutdown` turns true: then stops claiming, releases what was claimed but not
+    /// started, gives the sends in flight the shutdown grace, drops those still running and
+    /// releases their claims.
     ///
     /// Each of `concurrency` slots sends one message at a time; a slot that frees up takes the
-    /// next due message, so one slow or stalled server session holds back nothing but its own
-    /// slot. Outcomes are recorded as they come by a separate task, and the leases of everything
-    /// in flight are renewed while it is in flight: a claim stays with a live owner, and after a
-    /// crash only what was on the wire can be sent twice.
+    /// next claimed message at once, so one slow or stalled server session holds back nothing
+    /// but its own slot. Claims run beside the sends, sized to about a tenth of a second of the
+    /// current pace (few transactions when the queue is long, small claims when the server is
+    /// slow, so that other instances still find work). Outcomes are recorded as they come by a
+    /// separate task, and the leases of everything claimed are renewed while it is held: a claim
+    /// stays with a live owner, and after a crash only what was on the wire can be sent twice.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(owner = %self.owner, concurrency = self.config.concurrency, lease = ?self.config.lease, "dispatcher started");
         if let Some(url) = self.db.postgres_url() {
@@ -114,8 +117,8 @@ impl Dispatcher {
         }
         let (outcomes, outcomes_rx) = mpsc::unbounded_channel::<Recorded>();
         let recorder = tokio::spawn(record_outcomes(self.db.clone(), self.owner.clone(), outcomes_rx));
-        let mut slots: JoinSet<()> = JoinSet::new();
-        let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
+        let (claims_tx, mut claims_rx) = mpsc::unbounded_channel::<ClaimResult>();
+        let mut work = Work::default();
         let renew_every = (self.config.lease / 3).max(Duration::from_millis(100));
         let mut next_maintenance = Instant::now();
         let mut next_renewal = Instant::now() + renew_every;
@@ -125,21 +128,15 @@ impl Dispatcher {
         loop {
             if stop_deadline.is_none() && *shutdown.borrow() {
                 stop_deadline = Some(Instant::now() + self.config.shutdown_grace);
-                tracing::info!(in_flight = slots.len(), grace = ?self.config.shutdown_grace, "dispatcher stopping");
+                tracing::info!(in_flight = work.slots.len(), grace = ?self.config.shutdown_grace, "dispatcher stopping");
+                work.release_ready(|_| true, &outcomes);
             }
             if let Some(deadline) = stop_deadline {
-                if slots.is_empty() {
+                if work.slots.is_empty() && !work.claiming {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    tracing::warn!(
-                        in_flight = slots.len(),
-                        "shutdown grace is over: dropping the SMTP sessions still in flight and releasing their claims"
-                    );
-                    slots.abort_all();
-                    while let Some(joined) = slots.join_next_with_id().await {
-                        self.finished(joined, &mut in_flight, &outcomes);
-                    }
+                    self.abandon(&mut work, &mut claims_rx, &outcomes).await;
                     break;
                 }
             }
@@ -151,41 +148,50 @@ impl Dispatcher {
                 next_maintenance = Instant::now() + self.config.poll_interval;
             }
             if now >= next_renewal {
-                if !in_flight.is_empty() {
+                if !work.in_flight.is_empty() || !work.ready.is_empty() {
                     self.renew().await;
                 }
                 next_renewal = Instant::now() + renew_every;
             }
-            let free = self.config.concurrency.saturating_sub(slots.len());
-            // Claim when a useful share of the slots is free, so that a busy queue is claimed in
-            // small batches rather than one row per finished send.
-            let worth_claiming =
-                free > 0 && (slots.is_empty() || free >= self.config.concurrency.div_ceil(4));
-            let mut claimed_all_asked = false;
+            // Claimed with settings that have since changed: back to the queue, to be claimed
+            // again with the new ones.
+            let current = self.route.as_ref().map(|r| r.version);
+            work.release_ready(|route| Some(route.version) != current, &outcomes);
+            work.start_slots(self.config.concurrency, &outcomes);
             if stop_deadline.is_none()
-                && worth_claiming
                 && self.blocked.is_none()
                 && Instant::now() >= claim_paused_until
+                && work.wants_claim(self.config.concurrency)
             {
                 if let Some(route) = self.route.clone() {
-                    let limit = free.min(self.config.batch_size as usize);
-                    match self.claim(limit, route.version).await {
-                        Ok(claimed) => {
-                            claimed_all_asked = claimed.len() == limit;
-                            for n in claimed {
-                                let info = InFlight {
-                                    id: n.id.clone(),
-                                    event: n.event.clone(),
-                                    recipient: n.recipient.clone(),
-                                    attempt_count: n.attempt_count,
-                                    started_at: now_millis(),
-                                };
-                                let (route, outcomes) = (route.clone(), outcomes.clone());
-                                let handle = slots.spawn(async move {
-                                    let recorded = route.deliver(n).await;
-                                    let _ = outcomes.send(recorded);
-                                });
-                                in_flight.insert(handle.id(), info);
+                    let limit = work.claim_size(&self.config);
+                    work.claiming = true;
+                    let (this, claims) = (self.claimer(), claims_tx.clone());
+                    tokio::spawn(async move {
+                        let result = this.claim(limit, route.version).await;
+                        let _ = claims.send(ClaimResult { route, limit, result });
+                    });
+                }
+            }
+            let wake_at = match stop_deadline {
+                Some(deadline) => deadline.min(next_renewal),
+                None => next_maintenance.min(next_renewal),
+            };
+            tokio::select! {
+                Some(joined) = work.slots.join_next_with_id(), if !work.slots.is_empty() => {
+                    self.finished(joined, &mut work.in_flight, &outcomes);
+                    work.pace.finished();
+                    work.queue_looked_empty = false;
+                }
+                Some(claimed) = claims_rx.recv() => {
+                    work.claiming = false;
+                    match claimed.result {
+                        Ok(rows) => {
+                            work.more_due = rows.len() == claimed.limit;
+                            work.queue_looked_empty = rows.len() < claimed.limit;
+                            work.ready.extend(rows.into_iter().map(|n| (claimed.route.clone(), n)));
+                            if stop_deadline.is_some() {
+                                work.release_ready(|_| true, &outcomes);
                             }
                         }
                         Err(e) => {
@@ -194,23 +200,17 @@ impl Dispatcher {
                         }
                     }
                 }
-            }
-            if claimed_all_asked && slots.len() < self.config.concurrency {
-                continue;
-            }
-            let wake_at = match stop_deadline {
-                Some(deadline) => deadline.min(next_renewal),
-                None => next_maintenance.min(next_renewal),
-            };
-            tokio::select! {
-                Some(joined) = slots.join_next_with_id(), if !slots.is_empty() => {
-                    self.finished(joined, &mut in_flight, &outcomes);
+                _ = self.signals.work.notified(), if stop_deadline.is_none() => {
+                    work.more_due = true;
+                    work.queue_looked_empty = false;
                 }
-                _ = self.signals.work.notified(), if stop_deadline.is_none() => {}
                 _ = self.signals.settings.notified(), if stop_deadline.is_none() => {
                     next_maintenance = Instant::now();
+                    work.queue_looked_empty = false;
                 }
-                _ = tokio::time::sleep_until(wake_at.into()) => {}
+                _ = tokio::time::sleep_until(wake_at.into()) => {
+                    work.queue_looked_empty = false;
+                }
                 _ = shutdown.changed(), if stop_deadline.is_none() => {}
             }
         }
@@ -219,6 +219,45 @@ impl Dispatcher {
             tracing::error!(error = %e, "the outcome recorder failed");
         }
         tracing::info!(owner = %self.owner, "dispatcher stopped");
+    }
+
+    /// The shutdown grace is over: drops the SMTP sessions still in flight and releases their
+    /// claims, and those of a claim still being made.
+    async fn abandon(
+        &self,
+        work: &mut Work,
+        claims_rx: &mut mpsc::UnboundedReceiver<ClaimResult>,
+        outcomes: &mpsc::UnboundedSender<Recorded>,
+    ) {
+        tracing::warn!(
+            in_flight = work.slots.len(),
+            "shutdown grace is over: dropping the SMTP sessions still in flight and releasing their claims"
+        );
+        work.slots.abort_all();
+        while let Some(joined) = work.slots.join_next_with_id().await {
+            self.finished(joined, &mut work.in_flight, outcomes);
+        }
+        if work.claiming {
+            if let Some(ClaimResult {
+                route,
+                result: Ok(rows),
+                ..
+            }) = claims_rx.recv().await
+            {
+                work.ready.extend(rows.into_iter().map(|n| (route.clone(), n)));
+            }
+            work.claiming = false;
+        }
+        work.release_ready(|_| true, outcomes);
+    }
+
+    /// What a claim needs, without borrowing the dispatcher across the spawn.
+    fn claimer(&self) -> Claimer {
+        Claimer {
+            db: self.db.clone(),
+            owner: self.owner.clone(),
+            lease: self.config.lease,
+        }
     }
 
     /// Accounts for a finished slot. A send that completed has sent its own outcome; one that was
@@ -260,24 +299,6 @@ impl Dispatcher {
             attempted_at: info.started_at,
             duration_ms: attempted_at - info.started_at,
         });
-    }
-
-    async fn claim(&self, limit: usize, settings_version: i64) -> Result<Vec<Claimed>, ApiError> {
-        let now = now_millis();
-        let lease_until = now + self.config.lease.as_millis() as i64;
-        let owner = self.owner.clone();
-        self.db
-            .write(move |conn| {
-                Ok(store::claim(
-                    conn,
-                    &owner,
-                    now,
-                    lease_until,
-                    limit as i64,
-                    settings_version,
-                )?)
-            })
-            .await
     }
 
     async fn renew(&self) {
@@ -397,6 +418,160 @@ impl Dispatcher {
             mail: self.mail.clone(),
             config: self.config.clone(),
         })
+    }
+}
+
+/// The result of a claim made beside the sends.
+struct ClaimResult {
+    route: Arc<Route>,
+    limit: usize,
+    result: Result<Vec<Claimed>, ApiError>,
+}
+
+struct Claimer {
+    db: Db,
+    owner: String,
+    lease: Duration,
+}
+
+impl Claimer {
+    async fn claim(self, limit: usize, settings_version: i64) -> Result<Vec<Claimed>, ApiError> {
+        let now = now_millis();
+        let lease_until = now + self.lease.as_millis() as i64;
+        let owner = self.owner;
+        self.db
+            .write(move |conn| {
+                Ok(store::claim(
+                    conn,
+                    &owner,
+                    now,
+                    lease_until,
+                    limit as i64,
+                    settings_version,
+                )?)
+            })
+            .await
+    }
+}
+
+/// What the dispatcher holds: sends in flight, claimed notifications waiting for a slot (each
+/// with the route it was claimed for), and whether a claim is under way.
+#[derive(Default)]
+struct Work {
+    slots: JoinSet<()>,
+    in_flight: HashMap<tokio::task::Id, InFlight>,
+    ready: VecDeque<(Arc<Route>, Claimed)>,
+    claiming: bool,
+    /// The last claim got all it asked for, or new work was announced: claim again soon.
+    more_due: bool,
+    /// The last claim got less than it asked for: ask again only after something happens (a
+    /// send finished, work was announced, the poll interval passed), not at once.
+    queue_looked_empty: bool,
+    pace: Pace,
+}
+
+impl Work {
+    /// Claim when less than a round of work is waiting, and either more is known to be due or
+    /// a useful share of the slots is idle (an empty queue is not asked once per finished send).
+    fn wants_claim(&self, concurrency: usize) -> bool {
+        if self.claiming || self.queue_looked_empty || self.ready.len() >= concurrency {
+            return false;
+        }
+        let idle = concurrency.saturating_sub(self.slots.len() + self.ready.len());
+        self.more_due || self.slots.is_empty() || idle >= concurrency.div_ceil(4)
+    }
+
+    /// About a tenth of a second of sending at the current pace, at least a round of slots, at
+    /// most the configured batch.
+    fn claim_size(&self, config: &DeliveryConfig) -> usize {
+        (self.pace.per_second() / 10)
+            .max(config.concurrency)
+            .min(config.batch_size.max(1) as usize)
+    }
+
+    /// Starts a send for each idle slot while claimed notifications wait.
+    fn start_slots(&mut self, concurrency: usize, outcomes: &mpsc::UnboundedSender<Recorded>) {
+        while self.slots.len() < concurrency {
+            let Some((route, n)) = self.ready.pop_front() else {
+                return;
+            };
+            let info = InFlight {
+                id: n.id.clone(),
+                event: n.event.clone(),
+                recipient: n.recipient.clone(),
+                attempt_count: n.attempt_count,
+                started_at: now_millis(),
+            };
+            let outcomes = outcomes.clone();
+            let handle = self.slots.spawn(async move {
+                let recorded = route.deliver(n).await;
+                let _ = outcomes.send(recorded);
+            });
+            self.in_flight.insert(handle.id(), info);
+        }
+    }
+
+    /// Gives back claimed notifications that were never started (not an attempt).
+    fn release_ready(&mut self, which: impl Fn(&Route) -> bool, outcomes: &mpsc::UnboundedSender<Recorded>) {
+        if self.ready.is_empty() || !self.ready.iter().any(|(route, _)| which(route)) {
+            return;
+        }
+        let now = now_millis();
+        let (release, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.ready)
+            .into_iter()
+            .partition(|(route, _)| which(route));
+        self.ready = keep;
+        tracing::debug!(
+            released = release.len(),
+            "claimed notifications given back unsent"
+        );
+        for (_, n) in release {
+            let _ = outcomes.send(Recorded {
+                id: n.id,
+                event: n.event,
+                recipient: n.recipient,
+                outcome: Outcome::Released,
+                attempted_at: now,
+                duration_ms: 0,
+            });
+        }
+    }
+}
+
+/// Sends finished per second, over the last whole second.
+struct Pace {
+    since: Instant,
+    count: usize,
+    last: usize,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            count: 0,
+            last: 0,
+        }
+    }
+}
+
+impl Pace {
+    fn finished(&mut self) {
+        let elapsed = self.since.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            self.last = (self.count as f64 / elapsed.as_secs_f64()) as usize;
+            self.count = 0;
+            self.since = Instant::now();
+        }
+        self.count += 1;
+    }
+
+    fn per_second(&self) -> usize {
+        // A stalled pace does not keep claiming at the old rate.
+        if self.since.elapsed() >= Duration::from_secs(2) {
+            return self.count;
+        }
+        self.last.max(self.count)
     }
 }
 
@@ -767,6 +942,38 @@ mod tests {
                 "{total:?}"
             );
         }
+    }
+
+    #[test]
+    fn claims_follow_the_pace_between_a_round_of_slots_and_the_batch_size() {
+        let mut c = config(1, 1);
+        c.concurrency = 8;
+        c.batch_size = 100;
+        let mut work = Work::default();
+        assert_eq!(work.claim_size(&c), 8, "no pace yet: one round of slots");
+        work.pace.last = 50;
+        assert_eq!(work.claim_size(&c), 8);
+        work.pace.last = 700;
+        assert_eq!(work.claim_size(&c), 70, "a tenth of a second at 700/s");
+        work.pace.last = 5000;
+        assert_eq!(work.claim_size(&c), 100, "never more than the batch size");
+        work.pace.since = Instant::now() - Duration::from_secs(3);
+        work.pace.count = 0;
+        assert_eq!(work.claim_size(&c), 8, "a pace that stopped is forgotten");
+    }
+
+    #[test]
+    fn an_empty_queue_is_not_asked_again_until_something_happens() {
+        let mut work = Work::default();
+        assert!(work.wants_claim(4), "idle slots and nothing claimed");
+        work.claiming = true;
+        assert!(!work.wants_claim(4), "one claim at a time");
+        work.claiming = false;
+        work.queue_looked_empty = true;
+        assert!(!work.wants_claim(4), "the last claim came back short");
+        work.queue_looked_empty = false;
+        work.more_due = true;
+        assert!(work.wants_claim(4));
     }
 
     #[test]

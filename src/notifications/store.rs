@@ -231,21 +231,32 @@ pub fn oldest_queued_created_at(conn: &mut DbConnection) -> Result<Option<i64>, 
 }
 
 /// The newest attempt that delivered (`sent`), or that did not: time, notification, reply.
+/// Each outcome is one lookup in `notification_attempts_outcome` (an `outcome <> 'sent'` filter
+/// would scan every attempt ever made, on each call of the statistics).
 pub fn last_attempt(conn: &mut DbConnection, sent: bool) -> Result<Option<(i64, String, String)>, ApiError> {
-    let q = notification_attempts::table.into_boxed();
-    let q = if sent {
-        q.filter(notification_attempts::outcome.eq("sent"))
-    } else {
-        q.filter(notification_attempts::outcome.ne("sent"))
-    };
-    Ok(q.order(notification_attempts::id.desc())
-        .select((
-            notification_attempts::attempted_at,
-            notification_attempts::notification_id,
-            notification_attempts::reply,
-        ))
-        .first::<(i64, String, String)>(conn)
-        .optional()?)
+    let outcomes: &[&str] = if sent { &["sent"] } else { &["deferred", "failed"] };
+    let mut newest: Option<(i64, (i64, String, String))> = None;
+    for outcome in outcomes {
+        let found = notification_attempts::table
+            .filter(notification_attempts::outcome.eq(outcome))
+            .order(notification_attempts::id.desc())
+            .select((
+                notification_attempts::id,
+                (
+                    notification_attempts::attempted_at,
+                    notification_attempts::notification_id,
+                    notification_attempts::reply,
+                ),
+            ))
+            .first::<(i64, (i64, String, String))>(conn)
+            .optional()?;
+        if let Some(found) = found {
+            if newest.as_ref().is_none_or(|(id, _)| found.0 > *id) {
+                newest = Some(found);
+            }
+        }
+    }
+    Ok(newest.map(|(_, row)| row))
 }
 
 /// The attempts of several notifications, by notification id, each in order.

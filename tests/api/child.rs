@@ -12,6 +12,9 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Waits until `base` answers `/readyz`.
 pub async fn wait_ready(base: &str) {
+    // reqwest needs the process-wide TLS provider even for plain HTTP, also when this is the
+    // only test that runs.
+    mailroom::startup::install_crypto_provider();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + WAIT;
     while client.get(format!("{base}/readyz")).send().await.is_err() {
@@ -56,7 +59,11 @@ impl Child {
             .arg("serve")
             .envs(vars)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("MAILROOM_TEST_CHILD_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let child = Self {

@@ -124,6 +124,87 @@ async fn sigterm_stops_within_the_grace_whatever_the_server_does_and_releases_th
     assert_eq!(row.lease_owner, None);
 }
 
+/// How many notifications have each status, and how many attempts those still queued have used.
+fn status_counts(dir: &std::path::Path) -> (i64, i64, i64, i64) {
+    #[derive(QueryableByName)]
+    struct Counts {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        sending: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        sent: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        queued: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        queued_attempts: i64,
+    }
+    let mut conn = SqliteConnection::establish(dir.join("mailroom.db").to_str().unwrap()).unwrap();
+    let c: Counts = diesel::sql_query(
+        "SELECT COALESCE(SUM(status = 'sending'), 0) AS sending, \
+         COALESCE(SUM(status = 'sent'), 0) AS sent, COALESCE(SUM(status = 'queued'), 0) AS queued, \
+         COALESCE(SUM(CASE WHEN status = 'queued' THEN attempt_count ELSE 0 END), 0) AS queued_attempts \
+         FROM notifications",
+    )
+    .get_result(&mut conn)
+    .unwrap();
+    (c.sending, c.sent, c.queued, c.queued_attempts)
+}
+
+// Multi-threaded: the in-process server must keep answering while this test blocks waiting for
+// the child to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_back_claimed_mail_still_waiting_for_a_slot_without_spending_an_attempt() {
+    // Two slots, each message takes 2 s: the dispatcher claims the next round while both slots
+    // are busy, so at SIGTERM two messages are on the wire and two more are claimed but unsent.
+    let server = SmtpServer::start(Behaviour {
+        data_delay: Some(Duration::from_secs(2)),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Child::start(
+        dir.path(),
+        &[
+            ("MAILROOM_DELIVERY_CONCURRENCY", "2"),
+            ("MAILROOM_SHUTDOWN_GRACE_SECONDS", "10"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        child
+            .put("/settings/smtp", &plain_settings(server.port, 60))
+            .await
+            .status(),
+        200
+    );
+    for i in 0..6 {
+        child
+            .notify(&json!({"event": "user_deactivated", "to": format!("user{i}@example.com")}))
+            .await;
+    }
+    server.wait_for_data_started(2, WAIT).await;
+    let deadline = Instant::now() + WAIT;
+    while status_counts(dir.path()).0 < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the next round was never claimed: {:?}",
+            status_counts(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.data_started(), 2, "only two slots may be sending");
+
+    child.signal("-TERM");
+    child.wait_exit(Duration::from_secs(15));
+    let (sending, sent, queued, queued_attempts) = status_counts(dir.path());
+    assert_eq!(
+        (sending, sent, queued),
+        (0, 2, 4),
+        "the two on the wire finish, the other four wait in the queue"
+    );
+    assert_eq!(queued_attempts, 0, "a claim given back unsent is not an attempt");
+    assert_eq!(server.data_started(), 2, "nothing was started after SIGTERM");
+}
+
 #[tokio::test]
 async fn after_kill_9_the_claimed_mail_goes_out_within_seconds_of_a_restart_with_default_settings() {
     // The first DATA is never answered (the process dies in it); every later one is accepted.

@@ -1,0 +1,2 @@
+DROP INDEX notification_attempts_outcome;
+DROP INDEX notifications_status_created;
