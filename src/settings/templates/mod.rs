@@ -222,7 +222,10 @@ pub struct CatalogCache(std::sync::Mutex<Option<Cached>>);
 struct Cached {
     versions: Vec<(String, i64)>,
     catalog: std::sync::Arc<Catalog>,
+    /// None once a write through this process made it unusable until compared again.
     checked: Option<std::time::Instant>,
+    /// Since when one request has been comparing versions after the fresh window ended.
+    refreshing: Option<std::time::Instant>,
 }
 
 /// How long a catalog is used without asking the database whether its documents changed. Writes
@@ -230,18 +233,43 @@ struct Cached {
 /// another instance sharing the database is seen within this time.
 const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A comparison that has not finished in this time is presumed lost, and another request makes
+/// one.
+const REFRESH_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl CatalogCache {
-    /// The catalog without touching the database, while it is known to be fresh.
+    /// The catalog without touching the database, while it is known to be fresh. When the fresh
+    /// window has just ended, one caller gets None (and compares versions with [`Self::get`])
+    /// while the others keep using the catalog for the few milliseconds that takes: without
+    /// this, every request in flight reads the database at once each second, and on PostgreSQL
+    /// (one pool for reads and writes) the committer waits for a connection behind them. After
+    /// [`Self::invalidate`] every caller gets None.
     pub fn fresh(&self) -> Option<std::sync::Arc<Catalog>> {
-        let cached = self.lock();
-        let c = cached.as_ref()?;
-        c.checked
-            .filter(|at| at.elapsed() < FRESH_FOR)
-            .map(|_| c.catalog.clone())
+        let mut cached = self.lock();
+        let c = cached.as_mut()?;
+        let checked = c.checked?;
+        if checked.elapsed() < FRESH_FOR {
+            return Some(c.catalog.clone());
+        }
+        match c.refreshing {
+            Some(since) if since.elapsed() < REFRESH_LOST_AFTER => Some(c.catalog.clone()),
+            _ => {
+                c.refreshing = Some(std::time::Instant::now());
+                None
+            }
+        }
     }
 
     /// The catalog, read again only when one of its documents changed.
     pub fn get(&self, conn: &mut DbConnection) -> Result<std::sync::Arc<Catalog>, ApiError> {
+        let result = self.compare_and_load(conn);
+        if let Some(c) = &mut *self.lock() {
+            c.refreshing = None;
+        }
+        result
+    }
+
+    fn compare_and_load(&self, conn: &mut DbConnection) -> Result<std::sync::Arc<Catalog>, ApiError> {
         let versions = store::versions(conn, &[locale::KEY, subjects::KEY, KEY, branding::KEY])?;
         let now = std::time::Instant::now();
         if let Some(c) = &mut *self.lock() {
@@ -256,6 +284,7 @@ impl CatalogCache {
             versions,
             catalog: catalog.clone(),
             checked: Some(now),
+            refreshing: None,
         });
         Ok(catalog)
     }
@@ -270,6 +299,50 @@ impl CatalogCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn cache_checked_at(at: Option<Instant>) -> CatalogCache {
+        CatalogCache(std::sync::Mutex::new(Some(Cached {
+            versions: vec![],
+            catalog: Default::default(),
+            checked: at,
+            refreshing: None,
+        })))
+    }
+
+    #[test]
+    fn when_the_fresh_window_ends_one_caller_compares_and_the_others_keep_the_catalog() {
+        let cache = cache_checked_at(Some(Instant::now() - FRESH_FOR - Duration::from_millis(1)));
+        assert!(cache.fresh().is_none(), "the first caller compares versions");
+        for _ in 0..10 {
+            assert!(cache.fresh().is_some(), "the others do not all read the database");
+        }
+    }
+
+    #[test]
+    fn a_comparison_presumed_lost_is_made_again_by_the_next_caller() {
+        let cache = cache_checked_at(Some(Instant::now() - FRESH_FOR - Duration::from_millis(1)));
+        assert!(cache.fresh().is_none());
+        if let Some(c) = &mut *cache.lock() {
+            c.refreshing = Some(Instant::now() - REFRESH_LOST_AFTER);
+        }
+        assert!(cache.fresh().is_none());
+    }
+
+    #[test]
+    fn after_a_local_write_no_caller_uses_the_old_catalog() {
+        let cache = cache_checked_at(Some(Instant::now()));
+        assert!(cache.fresh().is_some());
+        cache.invalidate();
+        for _ in 0..3 {
+            assert!(cache.fresh().is_none());
+        }
     }
 }
 
