@@ -200,3 +200,30 @@ async fn on_postgres_a_notification_accepted_by_one_instance_wakes_an_idle_one_a
     assert!(took < Duration::from_secs(5), "the idle instance waited {took:?}");
     worker.wait_for_status(&id, "sent", WAIT).await;
 }
+
+#[tokio::test]
+async fn committed_notifications_reach_the_database_file_without_a_commit_checkpointing_them() {
+    let app = spawn_app().await;
+    let file = app.dir.path().join("mailroom.db");
+    let before = std::fs::metadata(&file).unwrap().len();
+    // A few hundred WAL pages: far below the size at which a commit would checkpoint itself.
+    let items: Vec<_> = (0..200)
+        .map(|i| json!({"event": "user_deactivated", "to": format!("user{i}@example.com")}))
+        .collect();
+    let reply = app
+        .post(
+            "/notifications/batch",
+            &admin_token(),
+            &json!({"notifications": items}),
+        )
+        .await;
+    assert_eq!(reply.json()["accepted"], 200, "{}", reply.text);
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::fs::metadata(&file).unwrap().len() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the committed rows never left the WAL ({before} bytes)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
