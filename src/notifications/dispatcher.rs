@@ -104,7 +104,8 @@ impl Dispatcher {
     /// current pace (few transactions when the queue is long, small claims when the server is
     /// slow, so that other instances still find work). Outcomes are recorded as they come by a
     /// separate task, and the leases of everything claimed are renewed while it is held: a claim
-    /// stays with a live owner, and after a crash only what was on the wire can be sent twice.
+    /// stays with a live owner, and after a crash only what was on the wire, or accepted by the
+    /// server with its outcome not yet committed, can be sent twice.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(owner = %self.owner, concurrency = self.config.concurrency, lease = ?self.config.lease, "dispatcher started");
         if let Some(url) = self.db.postgres_url() {
