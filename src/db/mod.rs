@@ -100,7 +100,7 @@ pub struct Db {
     /// The last failed write because storage was full, until a write succeeds again.
     storage: Arc<Mutex<Option<StorageFailure>>>,
     /// SQLite only: the checkpointer thread stops when the last clone is dropped.
-    _checkpointer: Option<Arc<std::sync::mpsc::Sender<()>>>,
+    _checkpointer: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// When and why the database last refused a write for lack of space.
@@ -150,7 +150,7 @@ impl Db {
             url: url.clone(),
             storage: Arc::default(),
             _checkpointer: match url {
-                DatabaseUrl::Sqlite(_) => Some(Arc::new(checkpointer(manager)?)),
+                DatabaseUrl::Sqlite(_) => Some(checkpointer(manager)?),
                 DatabaseUrl::Postgres(_) => None,
             },
         })
@@ -244,7 +244,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 /// [`CHECKPOINT_EVERY`]. Without it, the commit that crosses SQLite's 1,000-page threshold does
 /// the checkpoint (copying and fsyncing the database file) while the requests of its group wait
 /// for their 202s. A PASSIVE checkpoint never blocks writers or readers. The thread ends when
-/// the returned sender is dropped.
+/// the returned sender and all its clones are dropped.
 fn checkpointer(manager: Manager) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
     let mut conn = manager
         .open()

@@ -130,7 +130,7 @@ impl Dispatcher {
             if stop_deadline.is_none() && *shutdown.borrow() {
                 stop_deadline = Some(Instant::now() + self.config.shutdown_grace);
                 tracing::info!(in_flight = work.slots.len(), grace = ?self.config.shutdown_grace, "dispatcher stopping");
-                work.release_ready(|_| true, &outcomes);
+                give_back(work.ready.drain(..), &outcomes);
             }
             if let Some(deadline) = stop_deadline {
                 if work.slots.is_empty() && !work.claiming {
@@ -157,8 +157,13 @@ impl Dispatcher {
             // Claimed with settings that have since changed: back to the queue, to be claimed
             // again with the new ones.
             let current = self.route.as_ref().map(|r| r.version);
-            work.release_ready(|route| Some(route.version) != current, &outcomes);
-            work.start_slots(self.config.concurrency, &outcomes);
+            if current != work.ready_version {
+                give_back(work.ready.drain(..), &outcomes);
+                work.ready_version = current;
+            }
+            if let Some(route) = &self.route {
+                work.start_slots(route, self.config.concurrency, &outcomes);
+            }
             if stop_deadline.is_none()
                 && self.blocked.is_none()
                 && Instant::now() >= claim_paused_until
@@ -168,9 +173,14 @@ impl Dispatcher {
                     let limit = work.claim_size(&self.config);
                     work.claiming = true;
                     let (this, claims) = (self.claimer(), claims_tx.clone());
+                    let version = route.version;
                     tokio::spawn(async move {
-                        let result = this.claim(limit, route.version).await;
-                        let _ = claims.send(ClaimResult { route, limit, result });
+                        let result = this.claim(limit, version).await;
+                        let _ = claims.send(ClaimResult {
+                            version,
+                            limit,
+                            result,
+                        });
                     });
                 }
             }
@@ -182,17 +192,21 @@ impl Dispatcher {
                 Some(joined) = work.slots.join_next_with_id(), if !work.slots.is_empty() => {
                     self.finished(joined, &mut work.in_flight, &outcomes);
                     work.pace.finished();
-                    work.queue_looked_empty = false;
+                    work.something_happened();
                 }
                 Some(claimed) = claims_rx.recv() => {
                     work.claiming = false;
                     match claimed.result {
                         Ok(rows) => {
-                            work.more_due = rows.len() == claimed.limit;
-                            work.queue_looked_empty = rows.len() < claimed.limit;
-                            work.ready.extend(rows.into_iter().map(|n| (claimed.route.clone(), n)));
-                            if stop_deadline.is_some() {
-                                work.release_ready(|_| true, &outcomes);
+                            work.queue = if rows.len() == claimed.limit {
+                                QueueHint::MoreDue
+                            } else {
+                                QueueHint::LooksEmpty
+                            };
+                            if stop_deadline.is_none() && Some(claimed.version) == work.ready_version {
+                                work.ready.extend(rows);
+                            } else {
+                                give_back(rows, &outcomes);
                             }
                         }
                         Err(e) => {
@@ -202,15 +216,14 @@ impl Dispatcher {
                     }
                 }
                 _ = self.signals.work.notified(), if stop_deadline.is_none() => {
-                    work.more_due = true;
-                    work.queue_looked_empty = false;
+                    work.queue = QueueHint::MoreDue;
                 }
                 _ = self.signals.settings.notified(), if stop_deadline.is_none() => {
                     next_maintenance = Instant::now();
-                    work.queue_looked_empty = false;
+                    work.something_happened();
                 }
                 _ = tokio::time::sleep_until(wake_at.into()) => {
-                    work.queue_looked_empty = false;
+                    work.something_happened();
                 }
                 _ = shutdown.changed(), if stop_deadline.is_none() => {}
             }
@@ -239,17 +252,12 @@ impl Dispatcher {
             self.finished(joined, &mut work.in_flight, outcomes);
         }
         if work.claiming {
-            if let Some(ClaimResult {
-                route,
-                result: Ok(rows),
-                ..
-            }) = claims_rx.recv().await
-            {
-                work.ready.extend(rows.into_iter().map(|n| (route.clone(), n)));
+            if let Some(ClaimResult { result: Ok(rows), .. }) = claims_rx.recv().await {
+                give_back(rows, outcomes);
             }
             work.claiming = false;
         }
-        work.release_ready(|_| true, outcomes);
+        give_back(work.ready.drain(..), outcomes);
     }
 
     /// What a claim needs, without borrowing the dispatcher across the spawn.
@@ -424,7 +432,8 @@ impl Dispatcher {
 
 /// The result of a claim made beside the sends.
 struct ClaimResult {
-    route: Arc<Route>,
+    /// The settings version it was claimed for.
+    version: i64,
     limit: usize,
     result: Result<Vec<Claimed>, ApiError>,
 }
@@ -455,31 +464,53 @@ impl Claimer {
     }
 }
 
-/// What the dispatcher holds: sends in flight, claimed notifications waiting for a slot (each
-/// with the route it was claimed for), and whether a claim is under way.
+/// What the dispatcher holds: sends in flight, claimed notifications waiting for a slot, and
+/// whether a claim is under way.
 #[derive(Default)]
 struct Work {
     slots: JoinSet<()>,
     in_flight: HashMap<tokio::task::Id, InFlight>,
-    ready: VecDeque<(Arc<Route>, Claimed)>,
+    ready: VecDeque<Claimed>,
+    /// The settings version everything in `ready` was claimed for (the current route's).
+    ready_version: Option<i64>,
     claiming: bool,
-    /// The last claim got all it asked for, or new work was announced: claim again soon.
-    more_due: bool,
-    /// The last claim got less than it asked for: ask again only after something happens (a
-    /// send finished, work was announced, the poll interval passed), not at once.
-    queue_looked_empty: bool,
+    queue: QueueHint,
     pace: Pace,
+}
+
+/// What the dispatcher knows about the queue beyond what it holds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum QueueHint {
+    /// The last claim got all it asked for, or new work was announced: claim again soon.
+    MoreDue,
+    /// Claim when a useful share of the slots is idle.
+    #[default]
+    Unknown,
+    /// The last claim got less than it asked for: ask again only after something happens (a
+    /// send finished, the settings changed, the poll interval passed), not at once.
+    LooksEmpty,
 }
 
 impl Work {
     /// Claim when less than a round of work is waiting, and either more is known to be due or
     /// a useful share of the slots is idle (an empty queue is not asked once per finished send).
     fn wants_claim(&self, concurrency: usize) -> bool {
-        if self.claiming || self.queue_looked_empty || self.ready.len() >= concurrency {
+        if self.claiming || self.ready.len() >= concurrency {
             return false;
         }
         let idle = concurrency.saturating_sub(self.slots.len() + self.ready.len());
-        self.more_due || self.slots.is_empty() || idle >= concurrency.div_ceil(4)
+        match self.queue {
+            QueueHint::MoreDue => true,
+            QueueHint::Unknown => self.slots.is_empty() || idle >= concurrency.div_ceil(4),
+            QueueHint::LooksEmpty => false,
+        }
+    }
+
+    /// An empty-looking queue may have been filled since.
+    fn something_happened(&mut self) {
+        if self.queue == QueueHint::LooksEmpty {
+            self.queue = QueueHint::Unknown;
+        }
     }
 
     /// About a tenth of a second of sending at the current pace, at least a round of slots, at
@@ -491,9 +522,14 @@ impl Work {
     }
 
     /// Starts a send for each idle slot while claimed notifications wait.
-    fn start_slots(&mut self, concurrency: usize, outcomes: &mpsc::UnboundedSender<Recorded>) {
+    fn start_slots(
+        &mut self,
+        route: &Arc<Route>,
+        concurrency: usize,
+        outcomes: &mpsc::UnboundedSender<Recorded>,
+    ) {
         while self.slots.len() < concurrency {
-            let Some((route, n)) = self.ready.pop_front() else {
+            let Some(n) = self.ready.pop_front() else {
                 return;
             };
             let info = InFlight {
@@ -503,7 +539,7 @@ impl Work {
                 attempt_count: n.attempt_count,
                 started_at: now_millis(),
             };
-            let outcomes = outcomes.clone();
+            let (route, outcomes) = (route.clone(), outcomes.clone());
             let handle = self.slots.spawn(async move {
                 let recorded = route.deliver(n).await;
                 let _ = outcomes.send(recorded);
@@ -511,31 +547,20 @@ impl Work {
             self.in_flight.insert(handle.id(), info);
         }
     }
+}
 
-    /// Gives back claimed notifications that were never started (not an attempt).
-    fn release_ready(&mut self, which: impl Fn(&Route) -> bool, outcomes: &mpsc::UnboundedSender<Recorded>) {
-        if self.ready.is_empty() || !self.ready.iter().any(|(route, _)| which(route)) {
-            return;
-        }
-        let now = now_millis();
-        let (release, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.ready)
-            .into_iter()
-            .partition(|(route, _)| which(route));
-        self.ready = keep;
-        tracing::debug!(
-            released = release.len(),
-            "claimed notifications given back unsent"
-        );
-        for (_, n) in release {
-            let _ = outcomes.send(Recorded {
-                id: n.id,
-                event: n.event,
-                recipient: n.recipient,
-                outcome: Outcome::Released,
-                attempted_at: now,
-                duration_ms: 0,
-            });
-        }
+/// Gives back claimed notifications that were never started (not an attempt).
+fn give_back(rows: impl IntoIterator<Item = Claimed>, outcomes: &mpsc::UnboundedSender<Recorded>) {
+    let now = now_millis();
+    for n in rows {
+        let _ = outcomes.send(Recorded {
+            id: n.id,
+            event: n.event,
+            recipient: n.recipient,
+            outcome: Outcome::Released,
+            attempted_at: now,
+            duration_ms: 0,
+        });
     }
 }
 
@@ -970,10 +995,9 @@ mod tests {
         work.claiming = true;
         assert!(!work.wants_claim(4), "one claim at a time");
         work.claiming = false;
-        work.queue_looked_empty = true;
+        work.queue = QueueHint::LooksEmpty;
         assert!(!work.wants_claim(4), "the last claim came back short");
-        work.queue_looked_empty = false;
-        work.more_due = true;
+        work.something_happened();
         assert!(work.wants_claim(4));
     }
 

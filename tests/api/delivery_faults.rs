@@ -27,6 +27,19 @@ fn plain_settings(port: u16, timeout_seconds: u32) -> Value {
            "from_address": "portal@example.com", "timeout_seconds": timeout_seconds})
 }
 
+/// A `mailroom serve` process in `dir` whose SMTP settings point at `server`.
+async fn child_sending_to(dir: &std::path::Path, server: &SmtpServer, extra: &[(&str, &str)]) -> Child {
+    let child = Child::start(dir, extra).await;
+    assert_eq!(
+        child
+            .put("/settings/smtp", &plain_settings(server.port, 60))
+            .await
+            .status(),
+        200
+    );
+    child
+}
+
 #[derive(QueryableByName, Debug)]
 struct Row {
     #[diesel(sql_type = Text)]
@@ -102,14 +115,7 @@ async fn sigterm_stops_within_the_grace_whatever_the_server_does_and_releases_th
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Child::start(dir.path(), &[("MAILROOM_SHUTDOWN_GRACE_SECONDS", "2")]).await;
-    assert_eq!(
-        child
-            .put("/settings/smtp", &plain_settings(server.port, 60))
-            .await
-            .status(),
-        200
-    );
+    let mut child = child_sending_to(dir.path(), &server, &[("MAILROOM_SHUTDOWN_GRACE_SECONDS", "2")]).await;
     let id = child
         .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
         .await;
@@ -161,21 +167,15 @@ async fn sigterm_gives_back_claimed_mail_still_waiting_for_a_slot_without_spendi
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Child::start(
+    let mut child = child_sending_to(
         dir.path(),
+        &server,
         &[
             ("MAILROOM_DELIVERY_CONCURRENCY", "2"),
             ("MAILROOM_SHUTDOWN_GRACE_SECONDS", "10"),
         ],
     )
     .await;
-    assert_eq!(
-        child
-            .put("/settings/smtp", &plain_settings(server.port, 60))
-            .await
-            .status(),
-        200
-    );
     for i in 0..6 {
         child
             .notify(&json!({"event": "user_deactivated", "to": format!("user{i}@example.com")}))
@@ -214,14 +214,7 @@ async fn after_kill_9_the_claimed_mail_goes_out_within_seconds_of_a_restart_with
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Child::start(dir.path(), &[]).await;
-    assert_eq!(
-        child
-            .put("/settings/smtp", &plain_settings(server.port, 60))
-            .await
-            .status(),
-        200
-    );
+    let mut child = child_sending_to(dir.path(), &server, &[]).await;
     let id = child
         .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
         .await;
@@ -255,17 +248,7 @@ async fn two_live_instances_never_send_each_others_slow_messages(database_url: S
     let a = spawn_app_with(Backend::Sqlite, &extra).await.unwrap();
     let b = spawn_app_with(Backend::Sqlite, &extra).await.unwrap();
     a.use_smtp_server(server.port).await;
-    let items: Vec<_> = (0..12)
-        .map(|i| json!({"event": "user_deactivated", "to": format!("user{i}@example.com")}))
-        .collect();
-    let reply = a
-        .post(
-            "/notifications/batch",
-            &admin_token(),
-            &json!({"notifications": items}),
-        )
-        .await;
-    assert_eq!(reply.json()["accepted"], 12, "{}", reply.text);
+    a.accept_batch_for_users(0..12).await;
     server.wait_for(12, Duration::from_secs(60)).await;
     let deadline = Instant::now() + WAIT;
     loop {

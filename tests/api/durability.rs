@@ -118,19 +118,8 @@ async fn two_instances_on_one_postgres_deliver_each_of_500_notifications_exactly
         .await
         .unwrap();
     a.use_smtp_server(server.port).await;
-    for (app, offset) in [(&a, 0), (&b, 250)] {
-        let items: Vec<_> = (0..250)
-            .map(|i| json!({"event": "user_deactivated", "to": format!("user{}@example.com", offset + i)}))
-            .collect();
-        let reply = app
-            .post(
-                "/notifications/batch",
-                &admin_token(),
-                &json!({"notifications": items}),
-            )
-            .await;
-        assert_eq!(reply.json()["accepted"], 250, "{}", reply.text);
-    }
+    a.accept_batch_for_users(0..250).await;
+    b.accept_batch_for_users(250..500).await;
     server.wait_for(500, Duration::from_secs(120)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -207,17 +196,7 @@ async fn committed_notifications_reach_the_database_file_without_a_commit_checkp
     let file = app.dir.path().join("mailroom.db");
     let before = std::fs::metadata(&file).unwrap().len();
     // A few hundred WAL pages: far below the size at which a commit would checkpoint itself.
-    let items: Vec<_> = (0..200)
-        .map(|i| json!({"event": "user_deactivated", "to": format!("user{i}@example.com")}))
-        .collect();
-    let reply = app
-        .post(
-            "/notifications/batch",
-            &admin_token(),
-            &json!({"notifications": items}),
-        )
-        .await;
-    assert_eq!(reply.json()["accepted"], 200, "{}", reply.text);
+    app.accept_batch_for_users(0..200).await;
     let deadline = std::time::Instant::now() + WAIT;
     while std::fs::metadata(&file).unwrap().len() <= before {
         assert!(

@@ -264,6 +264,23 @@ impl TestApp {
         self.post("/notifications", &admin_token(), body).await
     }
 
+    /// Queues `user_deactivated` for `user{i}@example.com`, each `i` in `users`, in one batch
+    /// that must be accepted whole.
+    pub async fn accept_batch_for_users(&self, users: std::ops::Range<usize>) {
+        let count = users.len();
+        let items: Vec<Value> = users
+            .map(|i| serde_json::json!({"event": "user_deactivated", "to": format!("user{i}@example.com")}))
+            .collect();
+        let reply = self
+            .post(
+                "/notifications/batch",
+                &admin_token(),
+                &serde_json::json!({"notifications": items}),
+            )
+            .await;
+        assert_eq!(reply.json()["accepted"], count, "{}", reply.text);
+    }
+
     pub async fn notification(&self, id: &str) -> Value {
         let reply = self.get(&format!("/notifications/{id}"), &admin_token()).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
