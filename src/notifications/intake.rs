@@ -106,9 +106,26 @@ fn commit(
             .filter_map(|(v, _, _)| ctx.recipient(v.to.as_deref()))
             .collect();
         ctx.suppressed = crate::suppressions::reasons(conn, &recipients)?;
-        let mut results = Vec::with_capacity(inputs.len());
+        let mut results: Vec<Option<Result<Acceptance, ApiError>>> = Vec::new();
+        results.resize_with(inputs.len(), || None);
         let mut rows = Vec::with_capacity(inputs.len());
-        for (validated, subject, now) in inputs {
+        // Keyed items take their keys in one order, (subject, key), in every group: on
+        // PostgreSQL two instances' transactions each waiting for a key the other inserted but
+        // has not committed would otherwise deadlock, and PostgreSQL would abort one whole group.
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by(|&a, &b| {
+            let key = |i: usize| {
+                let (v, subject, _) = &inputs[i];
+                v.idempotency_key.as_ref().map(|k| (subject, k))
+            };
+            key(b)
+                .is_some()
+                .cmp(&key(a).is_some())
+                .then_with(|| key(a).cmp(&key(b)))
+        });
+        let mut inputs: Vec<Option<(Validated, String, i64)>> = inputs.into_iter().map(Some).collect();
+        for i in order {
+            let (validated, subject, now) = inputs[i].take().expect("each input is taken once");
             let result = if validated.idempotency_key.is_some() {
                 diesel::Connection::transaction(conn, |conn| {
                     accept::accept(conn, &ctx, validated, &subject, now)
@@ -125,8 +142,12 @@ fn commit(
             {
                 return Err(e);
             }
-            results.push(result);
+            results[i] = Some(result);
         }
+        let results: Vec<Result<Acceptance, ApiError>> = results
+            .into_iter()
+            .map(|r| r.expect("every input has a result"))
+            .collect();
         store::insert_many(conn, &rows)?;
         crate::db::notify_queue(conn)?;
         // Suppressed ones are final at once: their webhooks go in this transaction too.

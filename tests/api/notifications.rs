@@ -367,6 +367,78 @@ async fn a_repeat_with_the_same_idempotency_key_returns_the_original_and_creates
 }
 
 #[tokio::test]
+async fn two_instances_on_one_postgres_racing_the_same_idempotency_keys_create_one_notification_per_key_and_no_server_error(
+) {
+    let Some(pg) = PgDatabase::create() else {
+        return; // `create` said why
+    };
+    let a = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &pg.url)])
+        .await
+        .unwrap();
+    let b = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &pg.url)])
+        .await
+        .unwrap();
+    racing_idempotency_keys(&a, &b).await;
+}
+
+#[tokio::test]
+async fn two_instances_on_one_sqlite_file_racing_the_same_idempotency_keys_create_one_notification_per_key() {
+    let a = spawn_app().await;
+    let url = format!("sqlite://{}", a.dir.path().join("mailroom.db").display());
+    let b = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &url)])
+        .await
+        .unwrap();
+    racing_idempotency_keys(&a, &b).await;
+}
+
+/// Several requests per key at once, split between two instances, keys arriving in every
+/// order: each key yields exactly one notification, and every answer is that notification (202)
+/// or "in use, retry" (409). Without one order for the keys in a transaction, two PostgreSQL
+/// transactions each waiting for a key the other holds deadlock, and one group fails with 503.
+async fn racing_idempotency_keys(a: &TestApp, b: &TestApp) {
+    const KEYS: usize = 24;
+    const COPIES: usize = 8;
+    let mut tasks = Vec::new();
+    for copy in 0..COPIES {
+        for k in 0..KEYS {
+            // Each round walks the keys in a different order.
+            let k = if copy % 2 == 0 { k } else { KEYS - 1 - k };
+            let app = if (copy + k) % 2 == 0 { a } else { b };
+            let req = app
+                .client
+                .post(app.url("/notifications"))
+                .bearer_auth(admin_token())
+                .header("Idempotency-Key", format!("race-{k}"))
+                .json(&json!({"event": "user_deactivated", "to": format!("user{k}@example.com")}));
+            tasks.push(tokio::spawn(async move {
+                let res = req.send().await.expect("request sent");
+                let status = res.status().as_u16();
+                (k, status, res.json::<Value>().await.unwrap())
+            }));
+        }
+    }
+    let mut ids: Vec<Option<String>> = vec![None; KEYS];
+    for task in tasks {
+        let (k, status, body) = task.await.unwrap();
+        match status {
+            202 => {
+                let id = body["id"].as_str().unwrap().to_string();
+                let first = ids[k].get_or_insert_with(|| id.clone());
+                assert_eq!(*first, id, "key {k} answered with two different notifications");
+            }
+            409 => assert_eq!(body["code"], "idempotency_key_in_use", "{body}"),
+            other => panic!("key {k}: {other} {body}"),
+        }
+    }
+    assert!(
+        ids.iter().all(Option::is_some),
+        "a key never got its 202: {ids:?}"
+    );
+    let list = a.get("/notifications?limit=200", &admin_token()).await.json();
+    assert_eq!(list["notifications"].as_array().unwrap().len(), KEYS);
+}
+
+#[tokio::test]
 async fn a_batch_answers_each_item_on_its_own() {
     let app = spawn_app().await;
     let server = SmtpServer::start(Behaviour::default()).await;
