@@ -24,6 +24,10 @@ pub struct AppState {
     pub intake: Intake,
     /// Templates, subjects, branding and default locale, as of their last change.
     pub catalog: Arc<crate::settings::templates::CatalogCache>,
+    /// Batches validated, rendered and stored at once: one per core (at least two). More only
+    /// add memory (each holds up to 1,000 rendered notifications), not throughput: the renders
+    /// share the cores and the stores share one committer (BENCHMARKS.md, "RSS").
+    pub batch_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -61,6 +65,9 @@ impl AppState {
         Ok(Self {
             intake: Intake::start(db.clone()),
             catalog: Arc::default(),
+            batch_permits: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            )),
             db,
             cipher: Arc::new(SecretCipher::new(&key)),
             mail,

@@ -190,6 +190,11 @@ pub async fn post_batch(
         );
     }
     errors.finish()?;
+    let _permit = state
+        .batch_permits
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("the service is shutting down".into()))?;
 
     let mut results: Vec<Option<BatchItemResult>> = Vec::with_capacity(items.len());
     let mut valid = Vec::new();
