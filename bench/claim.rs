@@ -11,21 +11,32 @@ use std::time::Instant;
 use diesel::prelude::*;
 use mailroom::config::DatabaseUrl;
 use mailroom::db::{now_millis, Db};
-use mailroom::notifications::store::{self, NotificationRow};
+use mailroom::notifications::store::{self, BodyRow, NewNotification, NotificationRow};
 
 const BATCH: i64 = 100;
 const SAMPLES: usize = 20;
 
-fn row(i: u64, now: i64) -> NotificationRow {
+fn notification(i: u64, now: i64) -> NewNotification {
+    let id = uuid::Uuid::now_v7().to_string();
+    let body = BodyRow {
+        notification_id: id.clone(),
+        text_body: "x".repeat(900),
+        html_body: "y".repeat(1100),
+    };
+    NewNotification {
+        row: row(id, i, now),
+        body,
+    }
+}
+
+fn row(id: String, i: u64, now: i64) -> NotificationRow {
     NotificationRow {
-        id: uuid::Uuid::now_v7().to_string(),
+        id,
         event: "access_request_rejected".into(),
         recipient: Some(format!("user{i}@example.com")),
         to_name: Some("Benchmark User".into()),
         data: r#"{"product_name":"Payments API"}"#.into(),
         subject: "Your access request for Payments API was rejected".into(),
-        text_body: "x".repeat(900),
-        html_body: "y".repeat(1100),
         status: "queued".into(),
         status_reason: None,
         created_at: now,
@@ -67,12 +78,9 @@ fn main() -> anyhow::Result<()> {
         while queued < depth {
             let chunk = (depth - queued).min(10_000);
             conn.transaction::<_, diesel::result::Error, _>(|conn| {
-                for i in queued..queued + chunk {
-                    diesel::insert_into(mailroom::db::schema::notifications::table)
-                        .values(row(i, now))
-                        .execute(conn)?;
-                }
-                Ok(())
+                let items: Vec<NewNotification> =
+                    (queued..queued + chunk).map(|i| notification(i, now)).collect();
+                store::insert_many(conn, &items)
             })?;
             queued += chunk;
         }

@@ -403,3 +403,69 @@ pub fn now_millis() -> i64 {
 pub fn millis_to_datetime(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::prelude::*;
+
+    /// Applies the migrations before the bodies moved, stores a queued notification the old
+    /// way, then upgrades; on PostgreSQL too when `MAILROOM_TEST_POSTGRES_URL` is set.
+    fn upgrade_keeps_bodies(conn: &mut DbConnection) {
+        for _ in 0..5 {
+            let ran = match conn {
+                DbConnection::Sqlite(c) => c.run_next_migration(SQLITE_MIGRATIONS),
+                DbConnection::Postgres(c) => c.run_next_migration(POSTGRES_MIGRATIONS),
+            };
+            ran.unwrap();
+        }
+        conn.batch_execute(
+            "INSERT INTO notifications (id, event, recipient, data, subject, text_body, html_body, \
+             status, created_at, updated_at, expires_at, next_attempt_at, created_by) \
+             VALUES ('n1', 'user_deactivated', 'ada@example.com', '{}', 'Bye', 'plain words', \
+             '<p>html words</p>', 'queued', 1, 1, 9999999999999, 1, 'test')",
+        )
+        .unwrap();
+        run_migrations(conn).unwrap();
+        let bodies: Vec<(String, String, String)> = schema::notification_bodies::table
+            .select((
+                schema::notification_bodies::notification_id,
+                schema::notification_bodies::text_body,
+                schema::notification_bodies::html_body,
+            ))
+            .load(conn)
+            .unwrap();
+        assert_eq!(
+            bodies,
+            [("n1".into(), "plain words".into(), "<p>html words</p>".into())]
+        );
+    }
+
+    #[test]
+    fn an_upgrade_keeps_the_bodies_of_notifications_queued_before_it_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut conn = DbConnection::Sqlite(SqliteConnection::establish(path.to_str().unwrap()).unwrap());
+        upgrade_keeps_bodies(&mut conn);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_the_bodies_of_notifications_queued_before_it_on_postgres() {
+        let Ok(admin) = std::env::var("MAILROOM_TEST_POSTGRES_URL") else {
+            assert!(std::env::var_os("MAILROOM_TEST_REQUIRE_POSTGRES").is_none());
+            eprintln!("SKIPPED: MAILROOM_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let name = format!("mailroom_upgrade_{}", uuid::Uuid::new_v4().simple());
+        let mut server = PgConnection::establish(&admin).unwrap();
+        server.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let base = admin.split('?').next().unwrap_or(&admin);
+        let (host, _) = base.rsplit_once('/').unwrap();
+        let mut conn = DbConnection::Postgres(PgConnection::establish(&format!("{host}/{name}")).unwrap());
+        upgrade_keeps_bodies(&mut conn);
+        drop(conn);
+        server
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .unwrap();
+    }
+}

@@ -29,8 +29,6 @@ diesel::table! {
         to_name -> Nullable<Text>,
         data -> Text,
         subject -> Text,
-        text_body -> Text,
-        html_body -> Text,
         status -> Text,
         status_reason -> Nullable<Text>,
         created_at -> BigInt,
@@ -45,6 +43,14 @@ diesel::table! {
         smtp_reply -> Nullable<Text>,
         created_by -> Text,
         locale -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    notification_bodies (notification_id) {
+        notification_id -> Text,
+        text_body -> Text,
+        html_body -> Text,
     }
 }
 

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use validator::ValidateUrl;
 
 use super::render::{self, Rendered};
-use super::store::{self, NotificationRow, Status};
+use super::store::{self, BodyRow, NewNotification, NotificationRow, Status};
 use crate::db::{millis_to_datetime, DbConnection};
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, Event, Recipient};
@@ -358,13 +358,13 @@ impl Acceptance {
     }
 }
 
-/// Renders a notification and decides its initial status: the row to store and the answer.
+/// Decides a rendered notification's initial status: what to store and the answer.
 pub fn prepare(
     ctx: &AcceptContext,
     v: &Validated,
     subject_sub: &str,
     now: i64,
-) -> Result<(NotificationRow, Accepted), ApiError> {
+) -> Result<(NewNotification, Accepted), ApiError> {
     let Rendered {
         subject,
         text,
@@ -393,8 +393,6 @@ pub fn prepare(
         to_name: v.to_name.clone(),
         data: serde_json::to_string(&v.data).map_err(|e| ApiError::Internal(e.into()))?,
         subject: subject.clone(),
-        text_body: text,
-        html_body: html,
         status: status.as_str().to_string(),
         status_reason: held_reason.clone(),
         created_at: now,
@@ -421,7 +419,12 @@ pub fn prepare(
         created_at: millis_to_datetime(now),
         expires_at: millis_to_datetime(expires_at),
     };
-    Ok((row, accepted))
+    let body = BodyRow {
+        notification_id: id,
+        text_body: text,
+        html_body: html,
+    };
+    Ok((NewNotification { row, body }, accepted))
 }
 
 /// Stores one validated notification (inside the caller's transaction).

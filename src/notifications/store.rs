@@ -1,14 +1,14 @@
 //! Outbox queries: insert, claim with a lease, record outcomes, and the maintenance sweeps.
 //!
 //! Claiming is one short `UPDATE ... RETURNING` (PostgreSQL adds `FOR UPDATE SKIP LOCKED` so
-//! instances never claim the same row); sending happens outside any transaction; each outcome is
+//! instances never claim the same row) and a read of the claimed rows' bodies; sending happens outside any transaction; each outcome is
 //! written in another short transaction, guarded by the lease owner.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 
 use super::routing::{Deliverability, NO_ADMIN_EMAIL};
-use crate::db::schema::{idempotency_keys, notification_attempts, notifications};
+use crate::db::schema::{idempotency_keys, notification_attempts, notification_bodies, notifications};
 use crate::db::DbConnection;
 use crate::error::ApiError;
 
@@ -76,8 +76,6 @@ pub struct NotificationRow {
     pub to_name: Option<String>,
     pub data: String,
     pub subject: String,
-    pub text_body: String,
-    pub html_body: String,
     pub status: String,
     pub status_reason: Option<String>,
     pub created_at: i64,
@@ -95,6 +93,23 @@ pub struct NotificationRow {
     pub locale: Option<String>,
 }
 
+/// A notification's bodies, in a table of their own: claims and outcomes update the
+/// notification's row twice per message, and would otherwise copy both bodies each time.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = notification_bodies)]
+pub struct BodyRow {
+    pub notification_id: String,
+    pub text_body: String,
+    pub html_body: String,
+}
+
+/// A notification to store: its row and its bodies.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub row: NotificationRow,
+    pub body: BodyRow,
+}
+
 #[derive(Debug, Clone, Queryable)]
 pub struct AttemptRow {
     pub attempted_at: i64,
@@ -104,25 +119,35 @@ pub struct AttemptRow {
     pub duration_ms: i64,
 }
 
-pub fn insert(conn: &mut DbConnection, row: &NotificationRow) -> Result<(), ApiError> {
-    diesel::insert_into(notifications::table)
-        .values(row)
-        .execute(conn)?;
+pub fn insert(conn: &mut DbConnection, new: &NewNotification) -> Result<(), ApiError> {
+    insert_many(conn, std::slice::from_ref(new))?;
     Ok(())
 }
 
 /// Inserts many rows with multi-row INSERTs (written per backend: diesel's batch insert does not
 /// go through the MultiConnection enum).
-pub fn insert_many(conn: &mut DbConnection, rows: &[NotificationRow]) -> Result<(), diesel::result::Error> {
-    // 22 columns x 400 rows stays well under SQLite's 32,766 bound parameters.
-    for chunk in rows.chunks(400) {
+pub fn insert_many(conn: &mut DbConnection, items: &[NewNotification]) -> Result<(), diesel::result::Error> {
+    // 20 columns x 400 rows stays well under SQLite's 32,766 bound parameters.
+    for chunk in items.chunks(400) {
+        let rows: Vec<&NotificationRow> = chunk.iter().map(|n| &n.row).collect();
+        let bodies: Vec<&BodyRow> = chunk.iter().map(|n| &n.body).collect();
         match conn {
-            DbConnection::Sqlite(c) => diesel::insert_into(notifications::table)
-                .values(chunk)
-                .execute(c)?,
-            DbConnection::Postgres(c) => diesel::insert_into(notifications::table)
-                .values(chunk)
-                .execute(c)?,
+            DbConnection::Sqlite(c) => {
+                diesel::insert_into(notifications::table)
+                    .values(rows)
+                    .execute(c)?;
+                diesel::insert_into(notification_bodies::table)
+                    .values(bodies)
+                    .execute(c)?
+            }
+            DbConnection::Postgres(c) => {
+                diesel::insert_into(notifications::table)
+                    .values(rows)
+                    .execute(c)?;
+                diesel::insert_into(notification_bodies::table)
+                    .values(bodies)
+                    .execute(c)?
+            }
         };
     }
     Ok(())
@@ -337,28 +362,40 @@ pub fn insert_idempotency(
 }
 
 /// What a dispatcher needs to send a claimed notification.
-#[derive(Debug, Clone, QueryableByName)]
+/// A claimed notification with what it takes to send it.
+#[derive(Debug, Clone)]
 pub struct Claimed {
-    #[diesel(sql_type = Text)]
     pub id: String,
-    #[diesel(sql_type = Text)]
     pub event: String,
-    #[diesel(sql_type = Nullable<Text>)]
     pub recipient: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
     pub to_name: Option<String>,
-    #[diesel(sql_type = Text)]
     pub subject: String,
-    #[diesel(sql_type = Text)]
     pub text_body: String,
-    #[diesel(sql_type = Text)]
     pub html_body: String,
-    #[diesel(sql_type = BigInt)]
     pub expires_at: i64,
-    #[diesel(sql_type = Integer)]
     pub attempt_count: i32,
-    #[diesel(sql_type = BigInt)]
     pub created_at: i64,
+}
+
+/// What the claiming UPDATE returns; the bodies are read after it, by id.
+#[derive(QueryableByName)]
+struct ClaimedRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    event: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    recipient: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    to_name: Option<String>,
+    #[diesel(sql_type = Text)]
+    subject: String,
+    #[diesel(sql_type = BigInt)]
+    expires_at: i64,
+    #[diesel(sql_type = Integer)]
+    attempt_count: i32,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
 }
 
 const CLAIM_SQL: &str = "UPDATE notifications \
@@ -368,7 +405,7 @@ const CLAIM_SQL: &str = "UPDATE notifications \
                   WHERE status = 'queued' AND next_attempt_at <= $3 \
                     AND EXISTS (SELECT 1 FROM settings WHERE key = 'smtp' AND version = $5) \
                   ORDER BY next_attempt_at LIMIT $4 {LOCK}) \
-     RETURNING id, event, recipient, to_name, subject, text_body, html_body, expires_at, attempt_count, created_at";
+     RETURNING id, event, recipient, to_name, subject, expires_at, attempt_count, created_at";
 
 /// Claims up to `limit` due notifications for `owner` until `lease_until`, but only while the SMTP
 /// settings are still at `settings_version` (the version the caller will send with): mail made
@@ -381,7 +418,7 @@ pub fn claim(
     limit: i64,
     settings_version: i64,
 ) -> Result<Vec<Claimed>, diesel::result::Error> {
-    match conn {
+    let rows: Vec<ClaimedRow> = match conn {
         DbConnection::Postgres(c) => {
             let sql = CLAIM_SQL.replace("{LOCK}", "FOR UPDATE SKIP LOCKED");
             diesel::sql_query(sql)
@@ -390,7 +427,7 @@ pub fn claim(
                 .bind::<BigInt, _>(now)
                 .bind::<BigInt, _>(limit)
                 .bind::<BigInt, _>(settings_version)
-                .load(c)
+                .load(c)?
         }
         // One writer at a time: the UPDATE is atomic without row locks.
         DbConnection::Sqlite(c) => {
@@ -401,9 +438,42 @@ pub fn claim(
                 .bind::<BigInt, _>(now)
                 .bind::<BigInt, _>(limit)
                 .bind::<BigInt, _>(settings_version)
-                .load(c)
+                .load(c)?
         }
+    };
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let mut bodies: std::collections::HashMap<String, (String, String)> = notification_bodies::table
+        .filter(notification_bodies::notification_id.eq_any(&ids))
+        .select((
+            notification_bodies::notification_id,
+            notification_bodies::text_body,
+            notification_bodies::html_body,
+        ))
+        .load::<(String, String, String)>(conn)?
+        .into_iter()
+        .map(|(id, text, html)| (id, (text, html)))
+        .collect();
+    rows.into_iter()
+        .map(|r| {
+            // Stored in the same transaction as the row, and deleted only with it.
+            let (text_body, html_body) = bodies.remove(&r.id).ok_or(diesel::result::Error::NotFound)?;
+            Ok(Claimed {
+                id: r.id,
+                event: r.event,
+                recipient: r.recipient,
+                to_name: r.to_name,
+                subject: r.subject,
+                text_body,
+                html_body,
+                expires_at: r.expires_at,
+                attempt_count: r.attempt_count,
+                created_at: r.created_at,
+            })
+        })
+        .collect()
 }
 
 /// Extends the lease on everything `owner` is still sending, so that a slow server never makes a
