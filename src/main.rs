@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 // template allocations across threads); mimalloc handles that pattern better.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use mailroom::config::Config;
+use mailroom::startup::{self, Application};
 
 /// mimalloc v3's `mi_option_purge_delay` (its position in `mi_option_e`, mimalloc.h; the
 /// constants in libmimalloc-sys follow v2 and lack it).
@@ -17,14 +19,12 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Freed memory goes back to the OS 50 ms after it is freed instead of mimalloc's 1 s, which
 /// in practice meant never once the service went idle: it purges only when it is called. With
-/// arena memory committed on demand (`.cargo/config.toml`) the RSS after accepting 1M fell from
-/// 171 MB to about 75 MB without a change in throughput (BENCHMARKS.md).
+/// arena memory committed on demand (`.cargo/config.toml`) and one batch per core at a time, the
+/// RSS after accepting 1M fell from 171 MB to 79-91 MB at the same rate (BENCHMARKS.md).
 fn return_freed_memory_promptly() {
     // SAFETY: sets one of mimalloc's option values; it is read each time a purge is scheduled.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 50) };
 }
-use mailroom::config::Config;
-use mailroom::startup::{self, Application};
 
 #[derive(Parser)]
 #[command(
