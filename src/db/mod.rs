@@ -412,7 +412,8 @@ mod tests {
     /// Applies the migrations before the bodies moved, stores a queued notification the old
     /// way, then upgrades; on PostgreSQL too when `MAILROOM_TEST_POSTGRES_URL` is set.
     fn upgrade_keeps_bodies(conn: &mut DbConnection) {
-        for _ in 0..5 {
+        const BEFORE_BODIES_MOVED: usize = 5; // up to 2026-11-23-000005_status_indexes
+        for _ in 0..BEFORE_BODIES_MOVED {
             let ran = match conn {
                 DbConnection::Sqlite(c) => c.run_next_migration(SQLITE_MIGRATIONS),
                 DbConnection::Postgres(c) => c.run_next_migration(POSTGRES_MIGRATIONS),

@@ -112,20 +112,12 @@ fn commit(
         // Keyed items take their keys in one order, (subject, key), in every group: on
         // PostgreSQL two instances' transactions each waiting for a key the other inserted but
         // has not committed would otherwise deadlock, and PostgreSQL would abort one whole group.
-        let mut order: Vec<usize> = (0..inputs.len()).collect();
-        order.sort_by(|&a, &b| {
-            let key = |i: usize| {
-                let (v, subject, _) = &inputs[i];
-                v.idempotency_key.as_ref().map(|k| (subject, k))
-            };
-            key(b)
-                .is_some()
-                .cmp(&key(a).is_some())
-                .then_with(|| key(a).cmp(&key(b)))
-        });
-        let mut inputs: Vec<Option<(Validated, String, i64)>> = inputs.into_iter().map(Some).collect();
-        for i in order {
-            let (validated, subject, now) = inputs[i].take().expect("each input is taken once");
+        let mut inputs: Vec<(usize, (Validated, String, i64))> = inputs.into_iter().enumerate().collect();
+        fn key<'a>(v: &'a Validated, sub: &'a str) -> Option<(&'a str, &'a str)> {
+            v.idempotency_key.as_deref().map(|k| (sub, k))
+        }
+        inputs.sort_by(|(_, (a, a_sub, _)), (_, (b, b_sub, _))| key(a, a_sub).cmp(&key(b, b_sub)));
+        for (i, (validated, subject, now)) in inputs {
             let result = if validated.idempotency_key.is_some() {
                 diesel::Connection::transaction(conn, |conn| {
                     accept::accept(conn, &ctx, validated, &subject, now)

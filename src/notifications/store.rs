@@ -1,8 +1,9 @@
 //! Outbox queries: insert, claim with a lease, record outcomes, and the maintenance sweeps.
 //!
 //! Claiming is one short `UPDATE ... RETURNING` (PostgreSQL adds `FOR UPDATE SKIP LOCKED` so
-//! instances never claim the same row) and a read of the claimed rows' bodies; sending happens outside any transaction; each outcome is
-//! written in another short transaction, guarded by the lease owner.
+//! instances never claim the same row) and a read of the claimed rows' bodies; sending happens
+//! outside any transaction; each outcome is written in another short transaction, guarded by the
+//! lease owner.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
@@ -362,7 +363,6 @@ pub fn insert_idempotency(
 }
 
 /// What a dispatcher needs to send a claimed notification.
-/// A claimed notification with what it takes to send it.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: String,

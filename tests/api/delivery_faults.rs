@@ -529,9 +529,7 @@ async fn with_the_database_gone_posts_and_readiness_answer_503_within_about_a_se
     let Some(pg) = PgDatabase::create() else {
         return; // `create` said why
     };
-    let app = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &pg.url)])
-        .await
-        .unwrap();
+    let app = spawn_app_on(&pg.url).await;
     assert_eq!(app.get("/readyz", "").await.status, 200);
     // Dropping the database (WITH FORCE) closes every connection and refuses new ones.
     drop(pg);

@@ -111,12 +111,8 @@ async fn two_instances_on_one_postgres_deliver_each_of_500_notifications_exactly
         return; // `create` said why
     };
     let server = SmtpServer::start(Behaviour::default()).await;
-    let a = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &pg.url)])
-        .await
-        .unwrap();
-    let b = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &pg.url)])
-        .await
-        .unwrap();
+    let a = spawn_app_on(&pg.url).await;
+    let b = spawn_app_on(&pg.url).await;
     a.use_smtp_server(server.port).await;
     a.accept_batch_for_users(0..250).await;
     b.accept_batch_for_users(250..500).await;

@@ -98,6 +98,13 @@ pub async fn spawn_app() -> TestApp {
         .expect("SQLite always runs")
 }
 
+/// Another instance on a database that already exists (a second instance of a fleet).
+pub async fn spawn_app_on(database_url: &str) -> TestApp {
+    spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", database_url)])
+        .await
+        .expect("the database URL is given")
+}
+
 /// Starts the app on `backend`; None when that backend is not available (PostgreSQL without its URL).
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<TestApp> {
     let dir = tempfile::tempdir().unwrap();

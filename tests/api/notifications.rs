@@ -372,12 +372,8 @@ async fn two_instances_on_one_postgres_racing_the_same_idempotency_keys_create_o
     let Some(pg) = PgDatabase::create() else {
         return; // `create` said why
     };
-    let a = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &pg.url)])
-        .await
-        .unwrap();
-    let b = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &pg.url)])
-        .await
-        .unwrap();
+    let a = spawn_app_on(&pg.url).await;
+    let b = spawn_app_on(&pg.url).await;
     racing_idempotency_keys(&a, &b).await;
 }
 
@@ -385,9 +381,7 @@ async fn two_instances_on_one_postgres_racing_the_same_idempotency_keys_create_o
 async fn two_instances_on_one_sqlite_file_racing_the_same_idempotency_keys_create_one_notification_per_key() {
     let a = spawn_app().await;
     let url = format!("sqlite://{}", a.dir.path().join("mailroom.db").display());
-    let b = spawn_app_with(Backend::Sqlite, &[("MAILROOM_DATABASE_URL", &url)])
-        .await
-        .unwrap();
+    let b = spawn_app_on(&url).await;
     racing_idempotency_keys(&a, &b).await;
 }
 
