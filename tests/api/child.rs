@@ -23,6 +23,14 @@ pub async fn wait_ready(base: &str) {
     }
 }
 
+/// The binary under test: this build's, or the one `MAILROOM_TEST_BINARY` names (CI runs the
+/// attack tests against the release build with it, since stack frames differ between profiles).
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("MAILROOM_TEST_BINARY")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_mailroom").into())
+}
+
 /// A `mailroom serve` child process, killed when dropped.
 pub struct Child {
     pub process: std::process::Child,
@@ -44,7 +52,7 @@ impl Child {
             .local_addr()
             .unwrap()
             .port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailroom"));
+        let mut cmd = Command::new(binary());
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("MAILROOM_")) {
             cmd.env_remove(k);
         }

@@ -20,4 +20,5 @@ mod security_review;
 mod settings_smtp;
 mod smtp_test;
 mod subjects;
+mod template_attacks;
 mod templates;

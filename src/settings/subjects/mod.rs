@@ -58,7 +58,7 @@ pub fn check_subject_rendering(event: &'static events::Event, subject: &str) -> 
         code: code.to_string(),
         message,
     };
-    crate::sandbox::check_syntax(subject).map_err(|r| fail(r.code(), r.to_string()))?;
+    crate::sandbox::check(subject).map_err(|r| fail(r.code(), r.to_string()))?;
     let env = crate::sandbox::environment(crate::sandbox::Part::Subject);
     let template = env.template_from_str(subject).map_err(|e| {
         fail(

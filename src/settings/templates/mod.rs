@@ -439,7 +439,7 @@ fn check_body(target: Target, part: Part, source: &str) -> Result<(), FieldError
         code: r.code().to_string(),
         message: r.message().to_string(),
     };
-    sandbox::check_syntax(source).map_err(refused)?;
+    sandbox::check(source).map_err(refused)?;
     let template = sandbox::environment(part)
         .template_from_str(source)
         .map_err(|e| refused(Refusal::Invalid(sandbox::describe(&e))))?;
