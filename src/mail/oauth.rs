@@ -266,15 +266,7 @@ pub async fn fetch(ctx: &HostPolicy, source: &TokenSource) -> Result<AccessToken
             )
         })?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|e| {
-        OAuthError::new(
-            Unreachable,
-            format!(
-                "reading the token response failed: {}",
-                crate::outbound::cause(&e)
-            ),
-        )
-    })?;
+    let body = read_capped(response).await?;
     if status.is_success() {
         let parsed: TokenResponse = serde_json::from_slice(&body)
             .map_err(|_| OAuthError::new(Failed, "the token endpoint answered without an access_token"))?;
@@ -304,10 +296,62 @@ pub async fn fetch(ctx: &HostPolicy, source: &TokenSource) -> Result<AccessToken
     };
     Err(OAuthError {
         kind,
-        error: err.error,
-        description: err.error_description.map(|d| d.chars().take(500).collect()),
+        error: err.error.map(|e| plain_text(&e, 100)),
+        description: err.error_description.map(|d| plain_text(&d, 500)),
         detail: format!("the token endpoint answered {status}"),
     })
+}
+
+/// The most of a token response read: a token answer is a few KiB; anything larger is refused
+/// before it can take memory.
+pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The response body, up to [`MAX_TOKEN_RESPONSE_BYTES`].
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+    let failed = |e: reqwest::Error| {
+        OAuthError::new(
+            OAuthErrorKind::Unreachable,
+            format!(
+                "reading the token response failed: {}",
+                crate::outbound::cause(&e)
+            ),
+        )
+    };
+    let too_large = || {
+        OAuthError::new(
+            OAuthErrorKind::Failed,
+            format!(
+                "the token response is larger than {} KiB",
+                MAX_TOKEN_RESPONSE_BYTES / 1024
+            ),
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_TOKEN_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A provider's words as plain text of at most `max` characters: no control characters (a CR/LF
+/// would start a new line in a log) and no markup.
+fn plain_text(s: &str, max: usize) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .filter(|c| !matches!(c, '<' | '>'))
+        .take(max)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 /// The form of the token request for the grant.
@@ -421,6 +465,15 @@ mod tests {
         ] {
             assert!(check_token_url(&ctx, bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_providers_words_lose_control_characters_and_markup() {
+        assert_eq!(
+            plain_text("bad\r\nX-Injected: 1 <script>alert(1)</script>", 500),
+            "bad  X-Injected: 1 scriptalert(1)/script"
+        );
+        assert_eq!(plain_text(&"a".repeat(900), 500).len(), 500);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use utoipa::ToSchema;
 
+use super::error_chain;
 use super::message::{self, Content, Sender};
 use super::oauth::TokenSource;
 use super::transport::{
@@ -169,32 +170,6 @@ fn error(
         message: message.into(),
         hint,
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    collapse_repeats(&text)
-}
-
-/// lettre's errors repeat their kind at each level ("Connection error: Connection error: ...");
-/// a reader needs it once.
-fn collapse_repeats(text: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in text.split(": ") {
-        if parts.last() != Some(&part) {
-            parts.push(part);
-        }
-    }
-    parts.join(": ")
 }
 
 impl Run<'_> {
@@ -454,18 +429,30 @@ async fn xoauth2_step(
                 Some("servers often offer AUTH only after STARTTLS: use \"security\": \"starttls\" on port 587".into()),
             ))
         }
-        Err(Xoauth2Failure::Smtp(e)) => {
-            run.record("auth", at, false, error_chain(&e), e.status().map(u16::from));
-            Err(run.smtp_error("auth", &e, "auth_failed", "AUTH XOAUTH2"))
+        Err(Xoauth2Failure::Failed { message, timeout }) => {
+            run.record("auth", at, false, message.clone(), None);
+            Err(if timeout {
+                error(
+                    "timeout",
+                    "auth",
+                    format!("no answer to AUTH XOAUTH2 within {secs} s"),
+                    None,
+                )
+            } else {
+                error(
+                    "auth_failed",
+                    "auth",
+                    format!("AUTH XOAUTH2 failed: {message}"),
+                    None,
+                )
+            })
         }
-        Err(Xoauth2Failure::Rejected { challenge, reply }) => {
-            let code = reply.as_ref().and_then(|e| e.status()).map(u16::from);
-            let explained = challenge.clone().unwrap_or_else(|| {
-                reply
-                    .as_ref()
-                    .map(|e| error_chain(e))
-                    .unwrap_or_else(|| "refused".into())
-            });
+        Err(Xoauth2Failure::Rejected {
+            challenge,
+            code,
+            reply,
+        }) => {
+            let explained = challenge.or(reply).unwrap_or_else(|| "refused".into());
             run.record(
                 "auth",
                 at,
@@ -1059,19 +1046,5 @@ async fn read_greeting(tcp: &mut TcpStream, t: &SmtpTarget, limit: Duration) -> 
             format!("the greeting did not complete within {secs} s"),
             None,
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_kind_repeated_at_each_level_of_an_error_is_said_once() {
-        assert_eq!(
-            collapse_repeats("Connection error: Connection error: received fatal alert: HandshakeFailure"),
-            "Connection error: received fatal alert: HandshakeFailure"
-        );
-        assert_eq!(collapse_repeats("a: b: a"), "a: b: a");
     }
 }

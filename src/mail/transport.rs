@@ -429,7 +429,9 @@ impl SmtpTarget {
                     Err(Xoauth2Failure::Rejected { challenge, .. }) => {
                         return Err(ConnectError::TokenRejected { challenge })
                     }
-                    Err(Xoauth2Failure::Smtp(e)) => return Err(e.into()),
+                    Err(Xoauth2Failure::Failed { message, .. }) => {
+                        return Err(ConnectError::Io(std::io::Error::other(message)))
+                    }
                     Err(Xoauth2Failure::NotOffered) => {
                         return Err(ConnectError::Io(std::io::Error::other(
                             "the server does not offer AUTH XOAUTH2",
@@ -483,17 +485,31 @@ impl fmt::Display for RawCommand {
     }
 }
 
-/// Why `AUTH XOAUTH2` did not succeed.
+/// Why `AUTH XOAUTH2` did not succeed. Every text in it has the token and its encodings
+/// redacted: a server may echo what it was sent, and its words end up in answers and logs.
 pub enum Xoauth2Failure {
-    /// The server refused the token; `challenge` is its decoded explanation, `reply` its last answer.
+    /// The server refused the token; `challenge` is its decoded explanation, `reply` its last
+    /// answer with `code`.
     Rejected {
         challenge: Option<String>,
-        reply: Option<lettre::transport::smtp::Error>,
+        code: Option<u16>,
+        reply: Option<String>,
     },
     /// The server does not advertise XOAUTH2.
     NotOffered,
-    /// Not an answer to the token (the connection failed).
-    Smtp(lettre::transport::smtp::Error),
+    /// Not an answer to the token (the connection failed, or the answer did not parse).
+    Failed { message: String, timeout: bool },
+}
+
+/// The forms an access token takes on the wire, for redaction: the token, its base64, the
+/// XOAUTH2 initial response and its base64.
+pub fn token_forms(user: &str, token: &SecretString) -> Vec<String> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let token = token.expose_secret();
+    let blob = format!("user={user}\x01auth=Bearer {token}\x01\x01");
+    // Longest first, so that no shorter form leaves part of a longer one behind.
+    vec![b64(&blob), blob, b64(token), token.to_string()]
 }
 
 /// `AUTH XOAUTH2` with the initial response. A server that refuses the token answers 334 with a
@@ -504,26 +520,35 @@ pub async fn xoauth2(
     user: &str,
     token: &SecretString,
 ) -> Result<lettre::transport::smtp::response::Response, Xoauth2Failure> {
-    use base64::Engine;
     if !conn.server_info().supports_auth_mechanism(Mechanism::Xoauth2) {
         return Err(Xoauth2Failure::NotOffered);
     }
-    let initial = base64::engine::general_purpose::STANDARD.encode(format!(
-        "user={user}\x01auth=Bearer {}\x01\x01",
-        token.expose_secret()
-    ));
-    match conn.command(RawCommand(format!("AUTH XOAUTH2 {initial}"))).await {
+    let forms = token_forms(user, token);
+    let clean = |text: String| super::redact(&text, &forms);
+    let reply_text = |e: &lettre::transport::smtp::Error| clean(super::error_chain(e));
+    match conn
+        .command(RawCommand(format!("AUTH XOAUTH2 {}", forms[0])))
+        .await
+    {
         Ok(r) if r.has_code(334) => {
-            let challenge = r.first_line().and_then(super::oauth::decode_challenge);
-            let reply = conn.command(RawCommand(String::new())).await.err();
-            Err(Xoauth2Failure::Rejected { challenge, reply })
+            let challenge = r.first_line().and_then(super::oauth::decode_challenge).map(clean);
+            let last = conn.command(RawCommand(String::new())).await.err();
+            Err(Xoauth2Failure::Rejected {
+                challenge,
+                code: last.as_ref().and_then(|e| e.status()).map(u16::from),
+                reply: last.as_ref().map(reply_text),
+            })
         }
         Ok(r) => Ok(r),
         Err(e) if e.is_permanent() || e.is_transient() => Err(Xoauth2Failure::Rejected {
             challenge: None,
-            reply: Some(e),
+            code: e.status().map(u16::from),
+            reply: Some(reply_text(&e)),
         }),
-        Err(e) => Err(Xoauth2Failure::Smtp(e)),
+        Err(e) => Err(Xoauth2Failure::Failed {
+            message: reply_text(&e),
+            timeout: e.is_timeout(),
+        }),
     }
 }
 

@@ -19,8 +19,18 @@ const GOOGLE_PUBLIC_KEY: &str = include_str!("../fixtures/google-test-key.pub.pe
 /// What the endpoint answers: a token (`tok-1`, `tok-2`, ... per request), or an error.
 #[derive(Clone)]
 enum Answer {
-    Token { expires_in: u64, rotate: bool },
-    Error { status: u16, body: Value },
+    Token {
+        expires_in: u64,
+        rotate: bool,
+    },
+    Error {
+        status: u16,
+        body: Value,
+    },
+    /// A JSON body that never ends (1.5 GB were sent in the review), with or without a length.
+    Endless {
+        declared: bool,
+    },
 }
 
 struct EndpointState {
@@ -140,9 +150,14 @@ async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<EndpointState>>) -> 
                     (200, t)
                 }
                 Answer::Error { status, body } => (*status, body.clone()),
+                // Status 0: not a JSON answer, sent below (the lock is not held across it).
+                Answer::Endless { declared } => (0, json!(declared)),
             }
         }
     };
+    if status == 0 {
+        return endless(io, json == json!(true)).await;
+    }
     let body = json.to_string();
     let response = format!(
         "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -150,6 +165,22 @@ async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<EndpointState>>) -> 
     );
     io.get_mut().write_all(response.as_bytes()).await?;
     io.get_mut().shutdown().await
+}
+
+/// Sends a token answer padded with spaces until the client hangs up.
+async fn endless(mut io: BufReader<tokio::net::TcpStream>, declared: bool) -> std::io::Result<()> {
+    let length = if declared {
+        "Content-Length: 1500000000\r\n"
+    } else {
+        ""
+    };
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n{{\"access_token\": \"tok-1\", \"padding\": \"");
+    io.get_mut().write_all(head.as_bytes()).await?;
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..(1_500_000_000 / chunk.len()) {
+        io.get_mut().write_all(&chunk).await?;
+    }
+    Ok(())
 }
 
 fn verify_google_assertion(assertion: &str, audience: &str) -> Result<(), String> {
@@ -464,6 +495,28 @@ async fn the_smtp_test_explains_each_token_failure() {
 }
 
 #[tokio::test]
+async fn a_token_answer_larger_than_64_kib_is_refused_without_reading_it_all() {
+    for declared in [true, false] {
+        let started = std::time::Instant::now();
+        let report = smtp_test_error(Answer::Endless { declared }).await;
+        assert_eq!(report["error"]["step"], "oauth_token", "{report}");
+        assert!(
+            report["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("larger than 64 KiB"),
+            "{report}"
+        );
+        // Reading 1.5 GB over loopback would take far longer than refusing after 64 KiB.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_refused_xoauth2_token_is_explained_from_the_servers_challenge() {
     let report = smtp_test_error(Answer::Token {
         expires_in: 3600,
@@ -518,6 +571,96 @@ async fn oauth_secrets_are_kept_only_for_the_same_provider_and_client() {
     }
     let get = app.get("/settings/smtp", &admin_token()).await;
     assert!(!get.text.contains("app-secret-value"));
+}
+
+#[tokio::test]
+async fn oauth_secrets_follow_the_smtp_server_and_account_like_the_password() {
+    let app = spawn_app().await;
+    let endpoint = TokenEndpoint::start(Answer::Token {
+        expires_in: 3600,
+        rotate: false,
+    })
+    .await;
+    let server = SmtpServer::start(Behaviour {
+        xoauth2_tokens: Some(vec!["tok-1".into()]),
+        ..Default::default()
+    })
+    .await;
+    let stored = oauth_settings(server.port, microsoft(&endpoint));
+    assert_eq!(app.put_smtp(&stored).await.status, 200);
+    let mut no_secret = microsoft(&endpoint);
+    no_secret.as_object_mut().unwrap().remove("client_secret");
+
+    // The caller's own server, which echoes whatever it is sent.
+    let attacker = SmtpServer::start(Behaviour {
+        xoauth2_tokens: Some(vec![]),
+        echo_credentials: true,
+        ..Default::default()
+    })
+    .await;
+    let mut drafts = Vec::new();
+    for (field, value) in [
+        ("port", json!(attacker.port)),
+        ("host", json!("localhost")),
+        ("username", json!("eve@contoso.example")),
+        ("security", json!("starttls")),
+        ("tls_verify", json!(false)),
+    ] {
+        let mut draft = oauth_settings(server.port, no_secret.clone());
+        draft[field] = value;
+        drafts.push((field, draft));
+    }
+    for (field, draft) in &drafts {
+        let reply = app.put_smtp(draft).await;
+        assert_eq!(
+            reply.field_errors(),
+            [("oauth2.client_secret".to_string(), "required".to_string())],
+            "a new {field} must not carry the secret over: {}",
+            reply.text
+        );
+        let test = app
+            .post(
+                "/settings/smtp/test",
+                &token("smtp:test"),
+                &json!({"settings": draft}),
+            )
+            .await;
+        assert_eq!(test.status, 422, "a test with a new {field}: {}", test.text);
+    }
+    assert!(
+        endpoint.requests().is_empty(),
+        "no token was fetched with the stored secret"
+    );
+    assert!(
+        attacker.auth_attempts().is_empty(),
+        "nothing reached the caller's server"
+    );
+    let view = app.get("/settings/smtp", &admin_token()).await.json();
+    assert_eq!(view["port"], server.port, "the stored settings are unchanged");
+    assert_eq!(view["oauth2"]["client_secret_set"], true);
+
+    // With a secret of its own, the draft is tested; the echoed token is redacted everywhere.
+    let draft = oauth_settings(attacker.port, microsoft(&endpoint));
+    let report = app
+        .post(
+            "/settings/smtp/test",
+            &token("smtp:test"),
+            &json!({"settings": draft}),
+        )
+        .await;
+    assert_eq!(report.json()["ok"], false, "{}", report.text);
+    assert_eq!(attacker.auth_attempts().len(), 1);
+    let sent = &attacker.auth_attempts()[0].1;
+    use base64::Engine;
+    let blob = format!("user=portal@contoso.example\x01auth=Bearer {sent}\x01\x01");
+    for form in [
+        sent.clone(),
+        base64::engine::general_purpose::STANDARD.encode(&blob),
+        base64::engine::general_purpose::STANDARD.encode(sent),
+    ] {
+        assert!(!report.text.contains(&form), "{form} leaked: {}", report.text);
+    }
+    assert!(report.text.contains("[redacted]"), "{}", report.text);
 }
 
 #[tokio::test]

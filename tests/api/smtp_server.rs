@@ -87,7 +87,8 @@ pub struct Behaviour {
     pub auth_mechanisms: Option<&'static str>,
     /// Offer AUTH only after STARTTLS.
     pub auth_after_tls_only: bool,
-    /// Put the rejected password into the 535 reply (a badly behaved server).
+    /// Put the rejected password (or XOAUTH2 response and token) into its replies (a badly
+    /// behaved server).
     pub echo_credentials: bool,
     /// Never send the greeting.
     pub silent: bool,
@@ -333,6 +334,12 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             if bearer.as_ref().is_some_and(|b| b.contains(&token)) {
                 authed = Some(user);
                 reply(&mut io, "235 2.7.0 Accepted").await?;
+            } else if echo {
+                // What it was sent, as the challenge and in the final refusal.
+                reply(&mut io, &format!("334 {payload}")).await?;
+                line.clear();
+                io.read_line(&mut line).await?;
+                reply(&mut io, &format!("535 5.7.8 {payload} {token} not accepted")).await?;
             } else {
                 let challenge = base64::engine::general_purpose::STANDARD
                     .encode(r#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#);

@@ -476,15 +476,18 @@ impl SmtpDraft {
         })
     }
 
-    /// The provider settings of an OAuth draft, secrets sealed or carried over by the keep rule.
+    /// The provider settings of an OAuth draft, secrets sealed or carried over by the keep rule:
+    /// the same server and account as the password's (an access token is as good as a password
+    /// to whoever receives it), and the same OAuth client.
     pub fn oauth_settings(
         &self,
         saved: Option<&SmtpSettings>,
         cipher: &SecretCipher,
     ) -> Result<Option<OAuth2Settings>, ApiError> {
+        let same_account = saved.filter(|s| s.same_account(&self.to_settings()));
         match (&self.auth, &self.oauth2) {
             (AuthKind::Oauth2, Some(draft)) => Ok(Some(draft.to_settings(
-                saved.and_then(|s| s.oauth2.as_ref()),
+                same_account.and_then(|s| s.oauth2.as_ref()),
                 cipher,
                 "oauth2.",
             )?)),

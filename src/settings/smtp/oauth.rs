@@ -1,5 +1,6 @@
 //! SMTP with OAuth 2.0 (`"auth": "oauth2"`): the provider settings, their write-only secrets
-//! (sealed like the password, kept only for the same provider, token URL, tenant and client), and
+//! (sealed like the password, kept only for the same SMTP server and account and the same
+//! provider, token URL, tenant and client), and
 //! the token source they describe for `mail`.
 
 use secrecy::{ExposeSecret, SecretString};
@@ -176,16 +177,16 @@ pub struct OAuth2Input {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub client_id: Field<String>,
-    /// Write-only. Microsoft and generic. Kept when left out, for the same provider, token URL,
-    /// tenant and client id.
+    /// Write-only. Microsoft and generic. Kept when left out, for the same SMTP host, port,
+    /// username, security and tls_verify, and the same provider, token URL, tenant and client id.
     #[serde(default)]
     #[schema(value_type = Option<String>, write_only)]
     pub client_secret: Field<String>,
-    /// Write-only. Google: the service account's JSON key file, as a string.
+    /// Write-only. Google: the service account's JSON key file, as a string. Kept as client_secret is.
     #[serde(default)]
     #[schema(value_type = Option<String>, write_only)]
     pub service_account_json: Field<String>,
-    /// Write-only. Generic: the refresh token.
+    /// Write-only. Generic: the refresh token. Kept as client_secret is.
     #[serde(default)]
     #[schema(value_type = Option<String>, write_only)]
     pub refresh_token: Field<String>,
@@ -371,7 +372,7 @@ impl OAuth2Draft {
             .map(|(name, _)| FieldError {
                 field: format!("{prefix}{name}"),
                 code: "required".into(),
-                message: format!("{prefix}{name} is required (none is stored for this provider and client)"),
+                message: format!("{prefix}{name} is required (none is stored for this server, account, provider and client)"),
             })
             .collect();
         if !missing.is_empty() {
