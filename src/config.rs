@@ -84,6 +84,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// `GET /metrics` without a token (`MAILROOM_METRICS_PUBLIC`), for scrapers on a private network.
     pub metrics_public: bool,
+    /// How long a request body may take to arrive, from the end of its headers.
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +225,11 @@ pub const VARIABLES: &[Variable] = &[
         "MAILROOM_METRICS_PUBLIC",
         "false",
         "serve GET /metrics without a token",
+    ),
+    var(
+        "MAILROOM_BODY_TIMEOUT_SECONDS",
+        "30",
+        "how long a request body may take to arrive (slower ones get 408)",
     ),
 ];
 
@@ -412,6 +419,7 @@ impl Config {
             smtp_helo_name: get("MAILROOM_SMTP_HELO_NAME").map(str::to_string),
             delivery,
             metrics_public: parse_bool(vars, "MAILROOM_METRICS_PUBLIC", false)?,
+            body_timeout: Duration::from_secs(parse_num(vars, "MAILROOM_BODY_TIMEOUT_SECONDS", 30, 1, 3600)?),
         })
     }
 }

@@ -14,6 +14,16 @@ use crate::config::{parse_key, Config};
 
 const CIPHERTEXT_PREFIX: &str = "v1:";
 
+/// Whether `s` is a value [`SecretCipher::encrypt`] made (such values are never shown or logged).
+pub fn is_sealed(s: &str) -> bool {
+    s.strip_prefix(CIPHERTEXT_PREFIX).is_some_and(|rest| {
+        rest.len() >= 16
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    })
+}
+
 /// Encrypts and decrypts stored secrets. The associated data binds a ciphertext to its purpose,
 /// so a value copied into another column does not decrypt.
 pub struct SecretCipher {

@@ -5,9 +5,10 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_cors::Cors;
-use actix_web::dev::{Server, ServiceResponse};
+use actix_web::dev::{Server, Service, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::{Condition, ErrorHandlerResponse, ErrorHandlers};
+use actix_web::HttpMessage;
 use actix_web::{web, App, HttpServer, ResponseError};
 use anyhow::Context;
 use secrecy::SecretString;
@@ -231,8 +232,20 @@ fn run(
     let cors_enabled = state.config.cors_origins != CorsOrigins::List(Vec::new());
     let origins = state.config.cors_origins.clone();
     let grace_secs = state.config.delivery.shutdown_grace.as_secs();
+    let body_timeout = state.config.body_timeout;
     let server = HttpServer::new(move || {
         App::new()
+            // Innermost: every extractor reads the body through the deadline.
+            .wrap_fn(move |mut req, srv| {
+                let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
+                    || req.headers().contains_key(header::TRANSFER_ENCODING);
+                if has_body {
+                    let body = req.take_payload();
+                    let timed = Box::pin(extract::Deadline::new(body, body_timeout));
+                    req.set_payload(actix_web::dev::Payload::Stream { payload: timed });
+                }
+                srv.call(req)
+            })
             .wrap(Condition::new(cors_enabled, cors(&origins)))
             .wrap(ErrorHandlers::new().default_handler(problem_safety_net))
             .wrap(TracingLogger::default())

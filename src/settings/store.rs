@@ -193,31 +193,88 @@ pub fn audit_page(
         .load(conn)?)
 }
 
-/// One changed field for the audit log: values for plain fields, only "changed" for secrets.
+/// The changed fields for the audit log, nested objects as dotted paths (`oauth2.client_id`):
+/// old and new values for plain fields; for secrets only `changed` or `removed`. A secret is a
+/// field named in `secrets`, or any sealed value wherever it sits: ciphertexts carry their own
+/// mark ([`crate::secrets::is_sealed`]), so a secret added to a document later cannot be logged.
 pub fn diff_fields(
     old: &serde_json::Value,
     new: &serde_json::Value,
     secrets: &[&str],
 ) -> Vec<serde_json::Value> {
+    let mut changes = Vec::new();
+    diff_into(&mut changes, "", old, new, secrets);
+    changes
+}
+
+fn diff_into(
+    changes: &mut Vec<serde_json::Value>,
+    prefix: &str,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    secrets: &[&str],
+) {
+    use serde_json::Value;
     let empty = serde_json::Map::new();
     let old = old.as_object().unwrap_or(&empty);
     let new = new.as_object().unwrap_or(&empty);
     let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter()
-        .filter_map(|k| {
-            let (o, n) = (
-                old.get(k).unwrap_or(&serde_json::Value::Null),
-                new.get(k).unwrap_or(&serde_json::Value::Null),
-            );
-            if o == n {
-                None
-            } else if secrets.contains(&k.as_str()) {
-                Some(serde_json::json!({"field": k, "change": "changed"}))
-            } else {
-                Some(serde_json::json!({"field": k, "change": "changed", "old": o, "new": n}))
-            }
-        })
-        .collect()
+    for k in keys {
+        let (o, n) = (
+            old.get(k).unwrap_or(&Value::Null),
+            new.get(k).unwrap_or(&Value::Null),
+        );
+        if o == n {
+            continue;
+        }
+        let field = format!("{prefix}{k}");
+        // An object added or removed is listed field by field too.
+        let nested = |v: &Value| v.is_object() || v.is_null();
+        if (o.is_object() || n.is_object()) && nested(o) && nested(n) {
+            diff_into(changes, &format!("{field}."), o, n, secrets);
+        } else if secrets.contains(&field.as_str()) || holds_sealed(o) || holds_sealed(n) {
+            let change = if n.is_null() { "removed" } else { "changed" };
+            changes.push(serde_json::json!({"field": field, "change": change}));
+        } else {
+            changes.push(serde_json::json!({"field": field, "change": "changed", "old": o, "new": n}));
+        }
+    }
+}
+
+/// Whether `value` is, or contains, a sealed secret.
+fn holds_sealed(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => crate::secrets::is_sealed(s),
+        serde_json::Value::Array(items) => items.iter().any(holds_sealed),
+        serde_json::Value::Object(map) => map.values().any(holds_sealed),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn sealed_values_at_any_depth_are_logged_only_as_changed_or_removed() {
+        let cipher = crate::secrets::SecretCipher::new(&secrecy::SecretBox::new(Box::new([7u8; 32])));
+        let seal = |s: &str| cipher.encrypt("test", s).unwrap();
+        let old = json!({"host": "a", "password": seal("p1"), "oauth2": {"client_id": "x", "client_secret": seal("s1"), "refresh_token": seal("r1")}});
+        let new = json!({"host": "b", "password": seal("p2"), "oauth2": {"client_id": "y", "client_secret": seal("s2")}});
+        let changes = super::diff_fields(&old, &new, &[]);
+        assert_eq!(
+            changes,
+            vec![
+                json!({"field": "host", "change": "changed", "old": "a", "new": "b"}),
+                json!({"field": "oauth2.client_id", "change": "changed", "old": "x", "new": "y"}),
+                json!({"field": "oauth2.client_secret", "change": "changed"}),
+                json!({"field": "oauth2.refresh_token", "change": "removed"}),
+                json!({"field": "password", "change": "changed"}),
+            ]
+        );
+        let logged = serde_json::to_string(&changes).unwrap();
+        assert!(!logged.contains("v1:"), "{logged}");
+    }
 }

@@ -87,7 +87,8 @@ pub async fn get_webhooks(
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct EndpointInput {
-    /// Keep the id of an existing endpoint to keep its secret; a new endpoint gets one.
+    /// Keep the id of an existing endpoint to keep its secret (for the same URL: a new URL gets a
+    /// new secret unless `secret` is given); a new endpoint gets one. Unique within the request.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub id: Field<String>,
@@ -104,7 +105,7 @@ pub struct EndpointInput {
     #[schema(value_type = Option<bool>)]
     pub enabled: Field<bool>,
     /// Write-only: `whsec_` and the base64 of 24 to 64 random bytes. Left out: kept for an
-    /// existing endpoint, generated (and returned once) for a new one.
+    /// existing endpoint at the same URL, generated (and returned once) for a new endpoint or URL.
     #[serde(default)]
     #[schema(value_type = Option<String>, write_only)]
     pub secret: Field<String>,
@@ -137,6 +138,7 @@ fn parse(input: WebhooksInput, current: &WebhookSettings, state: &AppState) -> R
         errors.add("endpoints", "too_many", "at most 20 endpoints");
     }
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (i, Object(item)) in items.into_iter().enumerate() {
         let f = |name: &str| format!("endpoints[{i}].{name}");
         let id = errors.optional(&f("id"), item.id, "a string");
@@ -171,9 +173,25 @@ fn parse(input: WebhooksInput, current: &WebhookSettings, state: &AppState) -> R
                 "secret must be whsec_ and the base64 of 24 to 64 bytes",
             );
         }
-        let existing = id
-            .as_ref()
-            .and_then(|id| current.endpoints.iter().find(|e| &e.id == id));
+        if let Some(id) = &id {
+            if !seen.insert(id.clone()) {
+                errors.add(
+                    f("id"),
+                    "duplicate_id",
+                    format!(
+                        "{} {id} is already used by another endpoint of this request",
+                        f("id")
+                    ),
+                );
+            }
+        }
+        // The secret stays with its receiver: an endpoint whose URL changes gets a new one.
+        let existing = id.as_ref().and_then(|id| {
+            current
+                .endpoints
+                .iter()
+                .find(|e| &e.id == id && Some(&e.url) == url.as_ref())
+        });
         let new_secret = match (&secret, existing) {
             (Some(s), _) => Some(s.clone()),
             (None, Some(_)) => None,
@@ -207,7 +225,7 @@ fn parse(input: WebhooksInput, current: &WebhookSettings, state: &AppState) -> R
         (status = 403, description = "The token lacks `settings:write`", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match the current ETag", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A URL the address policy refuses (`host_not_allowed`), an unknown event, a bad secret", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A URL the address policy refuses (`host_not_allowed`), an unknown event, a bad secret, an id used twice (`duplicate_id`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[put("/settings/webhooks")]
@@ -241,9 +259,15 @@ pub async fn put_webhooks(
                         let secret = match &p.new_secret {
                             Some(s) => app.cipher.encrypt(SECRET_PURPOSE, s)?,
                             None => saved
-                                .and_then(|s| s.endpoints.iter().find(|e| e.id == p.id))
+                                .and_then(|s| s.endpoints.iter().find(|e| e.id == p.id && e.url == p.url))
                                 .map(|e| e.secret.clone())
-                                .unwrap_or_default(),
+                                .ok_or_else(|| ApiError::Conflict {
+                                    code: "concurrent_update",
+                                    detail: format!(
+                                        "endpoint {} was changed by another request at the same time; read the endpoints again and retry",
+                                        p.id
+                                    ),
+                                })?,
                         };
                         endpoints.push(Endpoint {
                             id: p.id,

@@ -661,6 +661,11 @@ async fn oauth_secrets_follow_the_smtp_server_and_account_like_the_password() {
         assert!(!report.text.contains(&form), "{form} leaked: {}", report.text);
     }
     assert!(report.text.contains("[redacted]"), "{}", report.text);
+
+    // The audit log names the secrets, never their sealed values.
+    let audit = app.get("/settings/audit", &admin_token()).await;
+    assert!(!audit.text.contains("v1:"), "{}", audit.text);
+    assert!(audit.text.contains("oauth2.client_secret"), "{}", audit.text);
 }
 
 #[tokio::test]

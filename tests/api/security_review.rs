@@ -285,3 +285,107 @@ async fn the_smtp_test_accepts_a_null_body_and_names_its_own_size_limit() {
     let body = reply.problem(413, "payload_too_large");
     assert!(body["detail"].as_str().unwrap().contains("262144"), "{body}");
 }
+
+#[tokio::test]
+async fn a_webhook_endpoint_gets_a_new_secret_when_its_url_changes_and_ids_are_unique() {
+    let app = spawn_app().await;
+    let first = app
+        .put(
+            "/settings/webhooks",
+            &admin_token(),
+            &json!({"endpoints": [{"id": "portal", "url": "http://127.0.0.1:9/hooks"}]}),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let secret = first.json()["endpoints"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Same id and URL: the secret is kept and not shown again.
+    let same = app
+        .put(
+            "/settings/webhooks",
+            &admin_token(),
+            &json!({"endpoints": [{"id": "portal", "url": "http://127.0.0.1:9/hooks", "enabled": false}]}),
+        )
+        .await;
+    assert_eq!(same.status, 200, "{}", same.text);
+    assert!(same.json()["endpoints"][0]["secret"].is_null(), "{}", same.text);
+
+    // A new URL: a new secret, returned once, never the old one.
+    let moved = app
+        .put(
+            "/settings/webhooks",
+            &admin_token(),
+            &json!({"endpoints": [{"id": "portal", "url": "http://127.0.0.1:10/elsewhere"}]}),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    let new_secret = moved.json()["endpoints"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_secret, secret);
+
+    let twice = app
+        .put(
+            "/settings/webhooks",
+            &admin_token(),
+            &json!({"endpoints": [{"id": "portal", "url": "http://127.0.0.1:9/a"},
+                                  {"id": "portal", "url": "http://127.0.0.1:9/b"}]}),
+        )
+        .await;
+    assert_eq!(
+        field_error(&twice, "endpoints[1].id"),
+        "duplicate_id",
+        "{}",
+        twice.text
+    );
+}
+
+#[tokio::test]
+async fn a_request_body_that_trickles_in_is_cut_off_with_408_and_the_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, &[("MAILROOM_BODY_TIMEOUT_SECONDS", "1")])
+        .await
+        .unwrap();
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = json!({"admin_email": "ops@example.com"}).to_string();
+    let head = format!(
+        "PUT /settings/admin-email HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        admin_token(),
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // One byte every 200 ms, as the review's client did (it sent one every 2 s).
+    let mut answer = Vec::new();
+    for byte in body.bytes() {
+        if tcp.write_all(&[byte]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never cut off");
+    }
+    // Whatever is left of the answer, up to the close.
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let stored = app.get("/settings/admin-email", &admin_token()).await;
+    assert!(!stored.text.contains("ops@example.com"), "{}", stored.text);
+}
