@@ -158,18 +158,25 @@ pub fn jwt_secret_path(config: &Config) -> PathBuf {
 }
 
 /// The HS256 secret: `MAILROOM_JWT_SECRET`, else `<data dir>/jwt-secret`, created when no public
-/// key is configured either, so a first start never leaves the API open. Returns whether it was
-/// generated just now.
+/// key is configured either, so a first start never leaves the API open. With a public key only
+/// an explicit `MAILROOM_JWT_SECRET` is used: a file generated before the key was configured
+/// would otherwise keep minting valid tokens. Returns whether it was generated just now.
 pub fn load_or_create_jwt_secret(config: &Config) -> anyhow::Result<(Option<SecretString>, bool)> {
     if let Some(secret) = &config.jwt_secret {
         return Ok((Some(secret.clone()), false));
     }
     let path = jwt_secret_path(config);
+    if config.jwt_public_key_file.is_some() {
+        if path.exists() {
+            tracing::warn!(
+                path = %path.display(),
+                "MAILROOM_JWT_PUBLIC_KEY_FILE is set: HS256 tokens of the generated secret are refused (set MAILROOM_JWT_SECRET to accept HS256 as well)"
+            );
+        }
+        return Ok((None, false));
+    }
     let mut created = false;
     if !path.exists() {
-        if config.jwt_public_key_file.is_some() {
-            return Ok((None, false));
-        }
         create_private_file(&path, &random_base64(48))?;
         created = true;
     }
@@ -222,5 +229,26 @@ mod tests {
         let (again, created) = load_or_create_jwt_secret(&config).unwrap();
         assert!(!created);
         assert_eq!(again.unwrap().expose_secret(), secret.unwrap().expose_secret());
+    }
+
+    #[test]
+    fn a_generated_secret_is_no_longer_accepted_once_a_public_key_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vars = std::collections::BTreeMap::new();
+        vars.insert("MAILROOM_DATA_DIR".to_string(), dir.path().display().to_string());
+        let (generated, created) = load_or_create_jwt_secret(&Config::from_vars(&vars).unwrap()).unwrap();
+        assert!(created && generated.is_some());
+
+        let key = dir.path().join("jwt.pub.pem");
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(&key, pair.public_key_pem()).unwrap();
+        vars.insert("MAILROOM_JWT_PUBLIC_KEY_FILE".to_string(), key.display().to_string());
+        let (secret, _) = load_or_create_jwt_secret(&Config::from_vars(&vars).unwrap()).unwrap();
+        assert!(secret.is_none(), "the generated file still signs tokens");
+
+        // Set explicitly, HS256 is accepted beside the key.
+        vars.insert("MAILROOM_JWT_SECRET".to_string(), "x".repeat(40));
+        let (secret, _) = load_or_create_jwt_secret(&Config::from_vars(&vars).unwrap()).unwrap();
+        assert_eq!(secret.unwrap().expose_secret(), "x".repeat(40));
     }
 }
