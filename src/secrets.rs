@@ -242,7 +242,10 @@ mod tests {
         let key = dir.path().join("jwt.pub.pem");
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         std::fs::write(&key, pair.public_key_pem()).unwrap();
-        vars.insert("MAILROOM_JWT_PUBLIC_KEY_FILE".to_string(), key.display().to_string());
+        vars.insert(
+            "MAILROOM_JWT_PUBLIC_KEY_FILE".to_string(),
+            key.display().to_string(),
+        );
         let (secret, _) = load_or_create_jwt_secret(&Config::from_vars(&vars).unwrap()).unwrap();
         assert!(secret.is_none(), "the generated file still signs tokens");
 

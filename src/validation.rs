@@ -145,6 +145,8 @@ pub fn check_email(errors: &mut Errors, field: &str, value: &str) -> bool {
             // and they would point mail at arbitrary IPs.
             !domain.starts_with('[')
                 && (domain == "localhost" || (domain.contains('.') && !domain.ends_with('.')))
+                // It must have an A-label: that is how it is sent.
+                && crate::mail::message::wire_address(value).is_ok()
         });
     if !valid {
         errors.add(

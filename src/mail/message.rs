@@ -15,6 +15,18 @@ pub fn one_line(s: &str) -> String {
         .join(" ")
 }
 
+/// `address` as it goes on the wire: an internationalised domain as its A-label (punycode,
+/// `bücher.example` -> `xn--bcher-kva.example`), which every server takes; the local part as it
+/// is (a non-ASCII one needs SMTPUTF8, which the sender asks for or refuses to send without).
+pub fn wire_address(address: &str) -> anyhow::Result<Address> {
+    let (local, domain) = address
+        .rsplit_once('@')
+        .ok_or_else(|| anyhow::anyhow!("{address} has no @"))?;
+    let domain = idna::domain_to_ascii(domain)
+        .map_err(|_| anyhow::anyhow!("{domain} is not a valid internationalised domain name"))?;
+    Ok(Address::new(local, domain)?)
+}
+
 /// The sending identity from the SMTP settings.
 #[derive(Debug, Clone)]
 pub struct Sender {
@@ -27,11 +39,11 @@ pub struct Sender {
 impl Sender {
     /// None when `from_address` is not an address: nothing is sent without one.
     pub fn new(from_address: &str, from_name: Option<&str>, reply_to: Option<&str>) -> Option<Self> {
-        let address: Address = from_address.parse().ok()?;
-        // Message-IDs are ASCII: an internationalised domain goes in as its A-label (punycode).
-        let domain = idna::domain_to_ascii(address.domain()).unwrap_or_else(|_| address.domain().to_string());
+        let address = wire_address(from_address).ok()?;
+        // Message-IDs are ASCII: the domain is the A-label already.
+        let domain = address.domain().to_string();
         let reply_to = reply_to
-            .and_then(|r| r.parse::<Address>().ok())
+            .and_then(|r| wire_address(r).ok())
             .map(|a| Mailbox::new(None, a));
         Some(Self {
             from: Mailbox::new(from_name.map(one_line), address),
@@ -77,7 +89,7 @@ pub fn crlf(s: &str) -> String {
 /// A multipart/alternative message (plain text first, then HTML). lettre encodes every header
 /// value, so names and subjects cannot add header lines.
 pub fn build(sender: &Sender, content: &Content<'_>) -> anyhow::Result<Message> {
-    let to: Address = content.to.parse()?;
+    let to = wire_address(content.to)?;
     let mut builder = Message::builder()
         .from(sender.from.clone())
         .to(Mailbox::new(content.to_name.map(one_line), to))
@@ -105,6 +117,20 @@ pub fn build(sender: &Sender, content: &Content<'_>) -> anyhow::Result<Message> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_internationalised_domain_goes_on_the_wire_as_its_a_label() {
+        let address = wire_address("ada@bücher.example").unwrap();
+        assert_eq!(address.to_string(), "ada@xn--bcher-kva.example");
+        assert_eq!(
+            wire_address("ädä@Bücher.Example").unwrap().to_string(),
+            "ädä@xn--bcher-kva.example"
+        );
+        assert_eq!(
+            wire_address("ada@example.com").unwrap().to_string(),
+            "ada@example.com"
+        );
+    }
 
     fn sender() -> Sender {
         Sender::new(

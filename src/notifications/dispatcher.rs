@@ -21,6 +21,7 @@ use crate::mail::transport::{resolve_checked, ConnectError, Session};
 use crate::mail::{redact, MailContext, SmtpTarget};
 use crate::secrets::SecretCipher;
 use crate::settings::{admin_email, smtp};
+use lettre::transport::smtp::extension::Extension;
 
 /// Wakes the dispatcher: a new notification, or changed settings.
 #[derive(Default)]
@@ -883,12 +884,10 @@ async fn transaction(
     bytes: &[u8],
 ) -> Result<lettre::transport::smtp::response::Response, (Stage, lettre::transport::smtp::Error)> {
     use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
-    use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
+    use lettre::transport::smtp::extension::{MailBodyParameter, MailParameter};
     let mut options = Vec::new();
-    let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
-    let non_ascii = envelope.from().is_some_and(|a| !ascii(a)) || envelope.to().iter().any(|a| !ascii(a));
     let server = session.conn.server_info();
-    if non_ascii && server.supports_feature(Extension::SmtpUtfEight) {
+    if needs_smtputf8(envelope) && server.supports_feature(Extension::SmtpUtfEight) {
         options.push(MailParameter::SmtpUtfEight);
     }
     if !bytes.is_ascii() && server.supports_feature(Extension::EightBitMime) {
@@ -919,6 +918,14 @@ async fn transaction(
         conn.command(Data).await.map_err(|e| (Stage::Data, e))?;
     }
     conn.message(bytes).await.map_err(|e| (Stage::Data, e))
+}
+
+/// Whether an envelope address is not ASCII. Domains are A-labels already
+/// ([`message::wire_address`]) and accepted local parts are ASCII, so this is for the From
+/// address of settings saved before both held.
+fn needs_smtputf8(envelope: &lettre::address::Envelope) -> bool {
+    let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
+    envelope.from().is_some_and(|a| !ascii(a)) || envelope.to().iter().any(|a| !ascii(a))
 }
 
 /// Commands already formatted, CRLF included, written as they are.

@@ -389,3 +389,53 @@ async fn a_request_body_that_trickles_in_is_cut_off_with_408_and_the_connection_
     let stored = app.get("/settings/admin-email", &admin_token()).await;
     assert!(!stored.text.contains("ops@example.com"), "{}", stored.text);
 }
+
+#[tokio::test]
+async fn an_internationalised_domain_is_sent_as_its_a_label_and_a_unicode_local_part_is_refused_at_accept() {
+    let app = spawn_app().await;
+    let server = SmtpServer::start(Behaviour::default()).await;
+    app.use_smtp_server(server.port).await;
+    let reply = app
+        .notify(&json!({"event": "user_deactivated", "to": "ada@bücher.example"}))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    app.wait_for_status(&id, "sent", WAIT).await;
+    let received = server.received();
+    assert!(
+        received[0].rcpt_to[0].contains("ada@xn--bcher-kva.example"),
+        "{:?}",
+        received[0].rcpt_to
+    );
+    let to = received[0].header("To").unwrap();
+    assert!(to.contains("ada@xn--bcher-kva.example"), "{to}");
+
+    // Local parts must be ASCII (as validator checks them): refused at accept, never sent.
+    let reply = app
+        .notify(&json!({"event": "user_deactivated", "to": "jürgen@example.com"}))
+        .await;
+    assert_eq!(field_error(&reply, "to"), "invalid_email", "{}", reply.text);
+    let list = app.get("/suppressions", &admin_token()).await.json();
+    assert_eq!(list["suppressions"], json!([]), "{list}");
+
+    // A refusal about encoding names our doing, not the address: failed, never suppressed.
+    let strict = SmtpServer::start(Behaviour {
+        rcpt_reply: Some((500, "strict ASCII mode".into())),
+        ..Default::default()
+    })
+    .await;
+    app.use_smtp_server(strict.port).await;
+    let reply = app
+        .notify(&json!({"event": "user_deactivated", "to": "bob@bücher.example"}))
+        .await;
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    app.wait_for_status(&id, "failed", WAIT).await;
+    let list = app.get("/suppressions", &admin_token()).await.json();
+    assert_eq!(list["suppressions"], json!([]), "{list}");
+
+    // A domain that has no A-label is refused at accept.
+    let reply = app
+        .notify(&json!({"event": "user_deactivated", "to": "ada@xn--a.example"}))
+        .await;
+    assert_eq!(field_error(&reply, "to"), "invalid_email", "{}", reply.text);
+}
