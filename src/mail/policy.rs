@@ -22,23 +22,62 @@ impl HostPolicy {
     }
 }
 
-/// Addresses no SMTP connection may reach: link-local (including cloud metadata at
-/// 169.254.169.254), Alibaba Cloud's metadata address 100.100.100.200 and the AWS IPv6 metadata
-/// address. IPv6 forms that carry an IPv4 address (mapped, compatible, translated, NAT64, 6to4,
-/// Teredo) are judged by that IPv4 address. Loopback and private ranges stay allowed, because
-/// local relays are common.
+/// Addresses no SMTP connection or outbound request may reach: link-local (including cloud
+/// metadata at 169.254.169.254), Alibaba Cloud's metadata address 100.100.100.200, the AWS IPv6
+/// metadata address, and the unspecified and "this network" addresses (`0.0.0.0/8`, `::`, which
+/// connect to the machine's own services), and broadcast. IPv6 forms that carry an IPv4 address
+/// (mapped, compatible, translated, NAT64, 6to4, Teredo) are judged by that IPv4 address.
+/// Loopback and private ranges stay allowed, because local relays are common.
 pub fn is_forbidden_address(ip: IpAddr) -> bool {
     const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
     const ALIBABA_METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
-    let forbidden_v4 = |v4: Ipv4Addr| v4.is_link_local() || v4 == ALIBABA_METADATA;
+    let forbidden_v4 = |v4: Ipv4Addr| {
+        v4.is_link_local() || v4 == ALIBABA_METADATA || v4.octets()[0] == 0 || v4.is_broadcast()
+    };
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
+        // ::1 would otherwise read as the IPv4-compatible form of 0.0.0.1.
+        IpAddr::V6(v6) if v6.is_loopback() => false,
         IpAddr::V6(v6) => {
             v6 == AWS_METADATA_V6
+                || v6.is_unspecified()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
                 || embedded_ipv4(v6).into_iter().any(forbidden_v4)
         }
     }
+}
+
+/// The address `host` spells, in any notation the system resolver takes for a literal: IPv6
+/// (bracketed or not), dotted quads, and the inet_aton forms (`2852039166`, `0xa9fea9fe`,
+/// `0251.0376.0251.0376`, `169.254.43518`, `0`). None for a host name.
+pub fn ip_literal(host: &str) -> Option<IpAddr> {
+    let host = host.trim().trim_end_matches('.');
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let parts: Vec<u64> = host
+        .split('.')
+        .map(|part| {
+            let lower = part.to_ascii_lowercase();
+            if let Some(hex) = lower.strip_prefix("0x") {
+                u64::from_str_radix(hex, 16).ok()
+            } else if lower.len() > 1 && lower.starts_with('0') {
+                u64::from_str_radix(&lower[1..], 8).ok()
+            } else {
+                lower.parse().ok()
+            }
+        })
+        .collect::<Option<_>>()?;
+    let (last, leading) = parts.split_last()?;
+    if leading.len() > 3 || leading.iter().any(|&p| p > 255) || *last >= 1u64 << (8 * (4 - leading.len())) {
+        return None;
+    }
+    let value = leading
+        .iter()
+        .enumerate()
+        .fold(*last, |acc, (i, &p)| acc | (p << (8 * (3 - i))));
+    Some(IpAddr::V4(Ipv4Addr::from(value as u32)))
 }
 
 /// The IPv4 addresses an IPv6 address stands for, by the transition mechanisms that embed one.

@@ -439,3 +439,71 @@ async fn an_internationalised_domain_is_sent_as_its_a_label_and_a_unicode_local_
         .await;
     assert_eq!(field_error(&reply, "to"), "invalid_email", "{}", reply.text);
 }
+
+#[tokio::test]
+async fn metadata_link_local_and_unspecified_literals_are_refused_at_save_in_every_spelling() {
+    let app = spawn_app().await;
+    for host in [
+        "169.254.169.254",
+        "2852039166",
+        "0xa9fea9fe",
+        "0251.0376.0251.0376",
+        "169.254.43518",
+        "::ffff:169.254.169.254",
+        "fe80::1",
+        "100.100.100.200",
+        "0",
+        "0.0.0.0",
+        "::",
+    ] {
+        let reply = app
+            .put_smtp(
+                &json!({"host": host, "port": 25, "security": "none", "from_address": "portal@example.com"}),
+            )
+            .await;
+        assert_eq!(
+            field_error(&reply, "host"),
+            "host_not_allowed",
+            "{host}: {}",
+            reply.text
+        );
+        let test = app
+            .post(
+                "/settings/smtp/test",
+                &admin_token(),
+                &json!({"settings": {"host": host, "port": 25, "security": "none"}}),
+            )
+            .await;
+        assert_eq!(
+            field_error(&test, "settings.host"),
+            "host_not_allowed",
+            "{host}: {}",
+            test.text
+        );
+    }
+    for url in [
+        "https://0.0.0.0/hook",
+        "https://0/hook",
+        "https://[::]/hook",
+        "http://0.0.0.0:8080/hook",
+    ] {
+        let reply = app
+            .put(
+                "/settings/webhooks",
+                &admin_token(),
+                &json!({"endpoints": [{"url": url}]}),
+            )
+            .await;
+        assert_eq!(
+            field_error(&reply, "endpoints[0].url"),
+            "host_not_allowed",
+            "{url}: {}",
+            reply.text
+        );
+    }
+    // Local relays stay allowed.
+    let local = app
+        .put_smtp(&json!({"host": "127.0.0.1", "port": 25, "security": "none", "from_address": "portal@example.com"}))
+        .await;
+    assert_eq!(local.status, 200, "{}", local.text);
+}

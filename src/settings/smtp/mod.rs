@@ -260,7 +260,21 @@ impl SmtpSettingsInput {
             .required(&f("host"), self.host, "a string")
             .map(|h| h.trim().to_string());
         if let Some(h) = &host {
-            check_host(errors, &f("host"), h);
+            if check_host(errors, &f("host"), h) {
+                // Refused at connect anyway; refused here so that it is never saved.
+                if let Some(ip) = crate::mail::policy::ip_literal(h)
+                    .filter(|ip| crate::mail::policy::is_forbidden_address(*ip))
+                {
+                    errors.add(
+                        f("host"),
+                        "host_not_allowed",
+                        format!(
+                            "{}: {h} is {ip}, a link-local, metadata or unspecified address",
+                            f("host")
+                        ),
+                    );
+                }
+            }
         }
         let security = match errors.optional(&f("security"), self.security, "a string") {
             Some(s) => {
