@@ -360,10 +360,41 @@ pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<()> {
 
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
-        match storage_full(&e) {
-            Some(cause) => ApiError::InsufficientStorage(cause),
-            None => ApiError::Internal(anyhow::Error::new(e).context("database query failed")),
+        if let Some(cause) = storage_full(&e) {
+            return ApiError::InsufficientStorage(cause);
         }
+        if connection_lost(&e) {
+            tracing::warn!(error = %e, "the database connection was lost during a query");
+            return ApiError::Unavailable("the database connection was lost; retry".into());
+        }
+        ApiError::Internal(anyhow::Error::new(e).context("database query failed"))
+    }
+}
+
+/// Whether a query failed because its connection went away (a restarted or stopping server,
+/// `pg_terminate_backend`, a dropped network): the service is unavailable, not broken, like a
+/// failed checkout. libpq reports these as messages only.
+pub fn connection_lost(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        Error::DatabaseError(_, info) => {
+            let lower = info.message().to_ascii_lowercase();
+            [
+                "terminating connection",
+                "server closed the connection",
+                "connection to server",
+                "no connection to the server",
+                "could not receive data from server",
+                "could not send data to server",
+                "ssl syscall error",
+                "the database system is shutting down",
+                "the database system is starting up",
+            ]
+            .iter()
+            .any(|m| lower.contains(m))
+        }
+        _ => false,
     }
 }
 
@@ -448,6 +479,56 @@ mod tests {
         let path = dir.path().join("old.db");
         let mut conn = DbConnection::Sqlite(SqliteConnection::establish(path.to_str().unwrap()).unwrap());
         upgrade_keeps_bodies(&mut conn);
+    }
+
+    #[test]
+    fn a_query_whose_postgres_connection_is_terminated_is_unavailable_not_internal() {
+        let Ok(url) = std::env::var("MAILROOM_TEST_POSTGRES_URL") else {
+            assert!(std::env::var_os("MAILROOM_TEST_REQUIRE_POSTGRES").is_none());
+            eprintln!("SKIPPED: MAILROOM_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let mut victim = PgConnection::establish(&url).unwrap();
+        #[derive(QueryableByName)]
+        struct Pid {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            pid: i32,
+        }
+        let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result::<Pid>(&mut victim)
+            .unwrap()
+            .pid;
+        let killer = std::thread::spawn(move || {
+            let mut admin = PgConnection::establish(&url).unwrap();
+            // Terminate once the victim's query is running.
+            loop {
+                let running: i64 = diesel::sql_query(format!(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = {pid} AND query LIKE 'SELECT pg_sleep%'"
+                ))
+                .get_result::<Count>(&mut admin)
+                .unwrap()
+                .n;
+                if running > 0 {
+                    break;
+                }
+            }
+            diesel::sql_query(format!("SELECT pg_terminate_backend({pid})"))
+                .execute(&mut admin)
+                .unwrap();
+        });
+        let e = diesel::sql_query("SELECT pg_sleep(30)")
+            .execute(&mut victim)
+            .unwrap_err();
+        killer.join().unwrap();
+        assert!(connection_lost(&e), "{e:?}");
+        let api = ApiError::from(e);
+        assert!(matches!(api, ApiError::Unavailable(_)), "{api:?}");
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
     }
 
     #[test]
