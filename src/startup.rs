@@ -117,16 +117,24 @@ impl Application {
     /// SIGTERM (or when the server is stopped through its handle) both stop together: HTTP finishes
     /// the requests in progress and the dispatcher the sends in flight, each within the shutdown
     /// grace, so the process exits within about that time whatever the SMTP servers do.
+    /// Serves until SIGINT or SIGTERM (or a stop through the server handle), then stops HTTP and
+    /// delivery together. The shutdown grace bounds all of it: requests, sends in flight and the
+    /// release of their claims; whatever still runs after it is dropped (its leases run out, and
+    /// its mail is sent again).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let stop = Arc::new(stop);
+        let grace = self.state.config.delivery.shutdown_grace;
         let delivery = self.state.config.delivery.enabled;
         let webhooks = delivery.then(|| tokio::spawn(webhook_sender(&self.state).run(stopped.clone())));
         let dispatcher = delivery.then(|| tokio::spawn(dispatcher(&self.state).run(stopped)));
         let handle = self.server.handle();
         let on_signal = stop.clone();
+        let signalled_at = Arc::new(std::sync::OnceLock::new());
+        let signalled = signalled_at.clone();
         let signals = tokio::spawn(async move {
             shutdown_signal().await;
+            let _ = signalled.set(tokio::time::Instant::now());
             tracing::info!("stopping: finishing requests and deliveries in flight");
             let _ = on_signal.send(true);
             handle.stop(true).await;
@@ -134,11 +142,24 @@ impl Application {
         let result = self.server.await;
         signals.abort();
         let _ = stop.send(true);
-        if let Some(handle) = dispatcher {
-            let _ = handle.await;
-        }
-        if let Some(handle) = webhooks {
-            let _ = handle.await;
+        let deadline = signalled_at
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now)
+            + grace;
+        let workers = async {
+            if let Some(handle) = dispatcher {
+                let _ = handle.await;
+            }
+            if let Some(handle) = webhooks {
+                let _ = handle.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, workers).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "the shutdown grace is over: stopping with delivery still winding down"
+            );
         }
         result
     }

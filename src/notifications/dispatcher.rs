@@ -129,7 +129,10 @@ impl Dispatcher {
         let mut stop_deadline: Option<Instant> = None;
         loop {
             if stop_deadline.is_none() && *shutdown.borrow() {
-                stop_deadline = Some(Instant::now() + self.config.shutdown_grace);
+                // Sends in flight get the grace less a moment to release the claims of those
+                // still running: the grace bounds the whole shutdown.
+                let release = (self.config.shutdown_grace / 4).min(Duration::from_millis(500));
+                stop_deadline = Some(Instant::now() + self.config.shutdown_grace - release);
                 tracing::info!(in_flight = work.slots.len(), grace = ?self.config.shutdown_grace, "dispatcher stopping");
                 give_back(work.ready.drain(..), &outcomes);
             }

@@ -148,6 +148,7 @@ impl SmtpServer {
             while let Ok((tcp, _)) = listener.accept().await {
                 let s = s.clone();
                 *s.connections.lock().unwrap() += 1;
+                s.changed.notify_waiters();
                 tokio::spawn(async move {
                     let _ = connection(tcp, s).await;
                 });
@@ -198,6 +199,20 @@ impl SmtpServer {
                     "expected {n} messages within {timeout:?}, got {}",
                     self.received().len()
                 );
+            }
+        }
+    }
+
+    /// Waits until clients have opened `n` connections.
+    pub async fn wait_for_connections(&self, n: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            if self.connections() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("{n} connections were not opened within {timeout:?}");
             }
         }
     }
