@@ -73,6 +73,23 @@ struct InFlight {
     recipient: Option<String>,
     attempt_count: i32,
     started_at: i64,
+    /// The server it is being sent to ([`server_of`]), and how to drop the send when that server
+    /// is replaced.
+    server: String,
+    abort: tokio::task::AbortHandle,
+}
+
+/// Which server a route sends to: a new one in the settings replaces it.
+fn server_of(route: &Route) -> String {
+    let t = &route.target;
+    format!(
+        "{:?}|{}|{}|{:?}|{:?}",
+        t.security,
+        t.host.to_ascii_lowercase(),
+        t.port,
+        t.username,
+        t.tls_verify
+    )
 }
 
 impl Dispatcher {
@@ -164,6 +181,16 @@ impl Dispatcher {
             if current != work.ready_version {
                 give_back(work.ready.drain(..), &outcomes);
                 work.ready_version = current;
+                // Sends to a server the settings no longer name are dropped at once: stalled
+                // ones would hold their slots for up to twice the timeout. Their messages are
+                // released, due again at once, for the new server.
+                if let Some(route) = &self.route {
+                    let server = server_of(route);
+                    for info in work.in_flight.values().filter(|i| i.server != server) {
+                        tracing::info!(id = %info.id, "the SMTP server was replaced: dropping its send in flight");
+                        info.abort.abort();
+                    }
+                }
             }
             if let Some(route) = &self.route {
                 work.start_slots(route, self.config.concurrency, &outcomes);
@@ -293,7 +320,7 @@ impl Dispatcher {
         };
         let attempted_at = now_millis();
         let outcome = if error.is_cancelled() {
-            tracing::info!(id = %info.id, event = %info.event, outcome = "released", "delivery dropped at shutdown; it will be sent again");
+            tracing::info!(id = %info.id, event = %info.event, outcome = "released", "delivery dropped (shutdown or a replaced server); it will be sent again");
             Outcome::Released
         } else {
             tracing::error!(id = %info.id, event = %info.event, error = %error, "a send task panicked");
@@ -536,19 +563,28 @@ impl Work {
             let Some(n) = self.ready.pop_front() else {
                 return;
             };
-            let info = InFlight {
-                id: n.id.clone(),
-                event: n.event.clone(),
-                recipient: n.recipient.clone(),
-                attempt_count: n.attempt_count,
-                started_at: now_millis(),
-            };
+            let (id, event, recipient, attempt_count) = (
+                n.id.clone(),
+                n.event.clone(),
+                n.recipient.clone(),
+                n.attempt_count,
+            );
+            let server = server_of(route);
             let (route, outcomes) = (route.clone(), outcomes.clone());
-            let handle = self.slots.spawn(async move {
+            let abort = self.slots.spawn(async move {
                 let recorded = route.deliver(n).await;
                 let _ = outcomes.send(recorded);
             });
-            self.in_flight.insert(handle.id(), info);
+            let info = InFlight {
+                id,
+                event,
+                recipient,
+                attempt_count,
+                started_at: now_millis(),
+                server,
+                abort: abort.clone(),
+            };
+            self.in_flight.insert(abort.id(), info);
         }
     }
 }

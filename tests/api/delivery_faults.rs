@@ -575,3 +575,36 @@ async fn with_the_database_gone_posts_and_readiness_answer_503_within_about_a_se
         assert!(took < Duration::from_secs(3), "{path} took {took:?}");
     }
 }
+
+#[tokio::test]
+async fn a_send_stalled_on_a_server_the_settings_replace_is_dropped_and_its_message_goes_to_the_new_one_at_once(
+) {
+    let stalled = SmtpServer::start(Behaviour {
+        hang_in_data: true,
+        ..Default::default()
+    })
+    .await;
+    let app = spawn_app().await;
+    app.use_smtp_server(stalled.port).await;
+    let reply = app
+        .notify(&json!({"event": "user_deactivated", "to": "ada@example.com"}))
+        .await;
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    stalled.wait_for_data_started(1, WAIT).await;
+
+    let healthy = SmtpServer::start(Behaviour::default()).await;
+    let replaced_at = Instant::now();
+    app.use_smtp_server(healthy.port).await;
+    let sent = app.wait_for_status(&id, "sent", WAIT).await;
+    let took = replaced_at.elapsed();
+    eprintln!("measured: from the settings change to sent through the new server: {took:?}");
+    // The session timeout is 5 s, so waiting for the stalled session would take 10 s and a
+    // deferral the retry delay on top.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert_eq!(healthy.received().len(), 1);
+    let attempts = sent["attempts"].as_array().unwrap();
+    assert!(
+        attempts.iter().all(|a| a["outcome"] != "deferred"),
+        "the dropped send is not a failed attempt: {sent}"
+    );
+}
