@@ -54,6 +54,27 @@ pub struct Dispatcher {
     route: Option<Arc<Route>>,
     /// Why nothing can be sent, from the last housekeeping.
     blocked: Option<String>,
+    /// When this dispatcher last failed to reach the database.
+    trouble: Arc<DbTrouble>,
+}
+
+/// When the database last failed this dispatcher (housekeeping, claims, renewals, outcomes):
+/// other owners' expired leases are taken back only a lease after it ([`store::Requeue`]).
+#[derive(Debug, Default)]
+struct DbTrouble(Mutex<Option<Instant>>);
+
+impl DbTrouble {
+    fn seen(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether the database has answered every request for at least `period`.
+    fn clear_for(&self, period: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= period)
+    }
 }
 
 /// Exponential backoff with equal jitter: half the delay fixed, half random.
@@ -109,6 +130,7 @@ impl Dispatcher {
             owner: uuid::Uuid::new_v4().to_string(),
             route: None,
             blocked: None,
+            trouble: Arc::default(),
         }
     }
 
@@ -135,7 +157,12 @@ impl Dispatcher {
             );
         }
         let (outcomes, outcomes_rx) = mpsc::unbounded_channel::<Recorded>();
-        let recorder = tokio::spawn(record_outcomes(self.db.clone(), self.owner.clone(), outcomes_rx));
+        let recorder = tokio::spawn(record_outcomes(
+            self.db.clone(),
+            self.owner.clone(),
+            outcomes_rx,
+            self.trouble.clone(),
+        ));
         let (claims_tx, mut claims_rx) = mpsc::unbounded_channel::<ClaimResult>();
         let mut work = Work::default();
         let renew_every = (self.config.lease / 3).max(Duration::from_millis(100));
@@ -165,6 +192,7 @@ impl Dispatcher {
             let now = Instant::now();
             if stop_deadline.is_none() && now >= next_maintenance {
                 if let Err(e) = self.maintain().await {
+                    self.trouble.seen();
                     tracing::error!(error = format!("{e:#}"), "dispatcher housekeeping failed");
                 }
                 next_maintenance = Instant::now() + self.config.poll_interval;
@@ -241,6 +269,7 @@ impl Dispatcher {
                             }
                         }
                         Err(e) => {
+                            self.trouble.seen();
                             tracing::error!(error = format!("{e:#}"), "claiming notifications failed");
                             claim_paused_until = Instant::now() + self.config.poll_interval;
                         }
@@ -350,6 +379,7 @@ impl Dispatcher {
             .write(move |conn| Ok(store::renew(conn, &owner, now, lease_until)?))
             .await
         {
+            self.trouble.seen();
             tracing::error!(error = format!("{e:#}"), "renewing the leases in flight failed");
         }
     }
@@ -388,7 +418,14 @@ impl Dispatcher {
             suppressed: Default::default(),
         };
         let now = now_millis();
-        let queued = db.write(move |conn| store::maintain(conn, now, &d)).await?;
+        let requeue = store::Requeue {
+            owner: self.owner.clone(),
+            reachable_for_a_lease: self.trouble.clear_for(self.config.lease),
+            lease_ms: self.config.lease.as_millis() as i64,
+        };
+        let queued = db
+            .write(move |conn| store::maintain(conn, now, &d, &requeue))
+            .await?;
         if queued > 0 {
             tracing::info!(queued, "notifications released for delivery");
         }
@@ -645,7 +682,12 @@ impl Pace {
 /// retried (the leases of rows still waiting here keep being renewed); once the dispatcher has
 /// stopped, a few more tries are made before giving up (their leases then expire and the rows are
 /// retried: at least once, never lost).
-async fn record_outcomes(db: Db, owner: String, mut rx: mpsc::UnboundedReceiver<Recorded>) {
+async fn record_outcomes(
+    db: Db,
+    owner: String,
+    mut rx: mpsc::UnboundedReceiver<Recorded>,
+    trouble: Arc<DbTrouble>,
+) {
     let mut pending: Vec<Recorded> = Vec::new();
     let mut closed = false;
     let mut failures_after_close = 0;
@@ -672,6 +714,7 @@ async fn record_outcomes(db: Db, owner: String, mut rx: mpsc::UnboundedReceiver<
             .write(move |conn| store::record(conn, &owner2, &to_write))
             .await;
         if let Err(e) = result {
+            trouble.seen();
             tracing::error!(
                 error = format!("{e:#}"),
                 "recording delivery outcomes failed; retrying"

@@ -811,9 +811,49 @@ where
     query.bind::<Text, _>(owner)
 }
 
-/// Periodic housekeeping: expire what is overdue, requeue abandoned leases, and move notifications
-/// between `held` and `queued` as the settings allow. Returns how many rows became queued.
-pub fn maintain(conn: &mut DbConnection, now: i64, d: &Deliverability) -> Result<usize, ApiError> {
+/// Whose expired leases housekeeping may take back. An expired lease alone is no proof that its
+/// owner is gone: while the database was away, no owner could renew or record, and one that
+/// sent a message meanwhile still holds its outcome. So a live owner's own rows are never taken
+/// (it records or releases every one of them itself), and other owners' rows only once the
+/// database has been up, and reachable from here, for longer than a lease: time for their
+/// owners to come back and write what they hold.
+#[derive(Debug, Clone)]
+pub struct Requeue {
+    pub owner: String,
+    /// Nothing here failed to reach the database for at least one lease.
+    pub reachable_for_a_lease: bool,
+    pub lease_ms: i64,
+}
+
+/// How long the database server has been running, where it says (PostgreSQL); None on SQLite,
+/// where the file is the database and there is nothing to restart.
+fn database_uptime_ms(conn: &mut DbConnection) -> Result<Option<i64>, ApiError> {
+    #[derive(diesel::QueryableByName)]
+    struct Uptime {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        ms: i64,
+    }
+    match conn {
+        DbConnection::Postgres(c) => {
+            let up: Uptime = diesel::sql_query(
+                "SELECT (EXTRACT(EPOCH FROM (now() - pg_postmaster_start_time())) * 1000)::bigint AS ms",
+            )
+            .get_result(c)?;
+            Ok(Some(up.ms))
+        }
+        DbConnection::Sqlite(_) => Ok(None),
+    }
+}
+
+/// Periodic housekeeping: expire what is overdue, requeue abandoned leases (under the
+/// [`Requeue`] rule), and move notifications between `held` and `queued` as the settings allow.
+/// Returns how many rows became queued.
+pub fn maintain(
+    conn: &mut DbConnection,
+    now: i64,
+    d: &Deliverability,
+    requeue: &Requeue,
+) -> Result<usize, ApiError> {
     conn.transaction(|conn| {
         use crate::db::schema::notifications::dsl::*;
         let overdue = notifications.filter(
@@ -847,18 +887,29 @@ pub fn maintain(conn: &mut DbConnection, now: i64, d: &Deliverability) -> Result
                 crate::webhooks::enqueue(conn, &hooks, "notification.expired", &payload, now)?;
             }
         }
-        let mut queued = diesel::update(
-            notifications.filter(status.eq(Status::Sending.as_str()).and(lease_until.lt(now))),
-        )
-        .set((
-            status.eq(Status::Queued.as_str()),
-            status_reason.eq("requeued: the worker sending it stopped before recording a result"),
-            lease_owner.eq(None::<String>),
-            lease_until.eq(None::<i64>),
-            next_attempt_at.eq(now),
-            updated_at.eq(now),
-        ))
-        .execute(conn)?;
+        let take_others =
+            requeue.reachable_for_a_lease && database_uptime_ms(conn)?.is_none_or(|up| up > requeue.lease_ms);
+        let mut queued = if take_others {
+            diesel::update(
+                notifications.filter(
+                    status
+                        .eq(Status::Sending.as_str())
+                        .and(lease_until.lt(now))
+                        .and(lease_owner.ne(&requeue.owner)),
+                ),
+            )
+            .set((
+                status.eq(Status::Queued.as_str()),
+                status_reason.eq("requeued: the worker sending it stopped before recording a result"),
+                lease_owner.eq(None::<String>),
+                lease_until.eq(None::<i64>),
+                next_attempt_at.eq(now),
+                updated_at.eq(now),
+            ))
+            .execute(conn)?
+        } else {
+            0
+        };
         match &d.blocked {
             Some(reason) => {
                 // Queued ones go back on hold; held ones get the current reason.
@@ -916,4 +967,101 @@ pub fn maintain(conn: &mut DbConnection, now: i64, d: &Deliverability) -> Result
         }
         Ok(queued)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+
+    use super::*;
+    use crate::db::DbConnection;
+
+    /// A row being sent by `owner` whose lease ran out a while ago.
+    fn expired_lease(conn: &mut DbConnection, owner: &str) {
+        conn.batch_execute(&format!(
+            "INSERT INTO notifications (id, event, recipient, data, subject, status, created_at, \
+             updated_at, expires_at, next_attempt_at, created_by, lease_owner, lease_until, attempt_count) \
+             VALUES ('n1', 'user_deactivated', 'ada@example.com', '{{}}', 'Bye', 'sending', 1, 1, \
+             9999999999999, 1, 'test', '{owner}', 1000, 1)"
+        ))
+        .unwrap();
+    }
+
+    fn status(conn: &mut DbConnection) -> String {
+        crate::db::schema::notifications::table
+            .select(crate::db::schema::notifications::status)
+            .first::<String>(conn)
+            .unwrap()
+    }
+
+    fn maintain_as(conn: &mut DbConnection, owner: &str, reachable: bool) -> String {
+        let d = Deliverability {
+            blocked: None,
+            admin_email: None,
+            suppressed: Default::default(),
+        };
+        let requeue = Requeue {
+            owner: owner.into(),
+            reachable_for_a_lease: reachable,
+            lease_ms: 1000,
+        };
+        maintain(conn, crate::db::now_millis(), &d, &requeue).unwrap();
+        status(conn)
+    }
+
+    /// The review's duplicates: an owner that could not record (disk full, database away) lost
+    /// its rows to housekeeping, its own or another instance's, as soon as the lease ran out.
+    fn expired_leases_are_taken_only_from_owners_that_had_a_lease_to_come_back(conn: &mut DbConnection) {
+        crate::db::run_migrations(conn).unwrap();
+        expired_lease(conn, "a");
+        assert_eq!(
+            maintain_as(conn, "a", true),
+            "sending",
+            "its own owner took it back"
+        );
+        assert_eq!(
+            maintain_as(conn, "b", false),
+            "sending",
+            "taken right after the database came back"
+        );
+        assert_eq!(
+            maintain_as(conn, "b", true),
+            "queued",
+            "an owner that is gone loses it"
+        );
+    }
+
+    #[test]
+    fn expired_leases_are_taken_only_from_owners_that_had_a_lease_to_come_back_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.db");
+        let mut conn = DbConnection::Sqlite(SqliteConnection::establish(path.to_str().unwrap()).unwrap());
+        expired_leases_are_taken_only_from_owners_that_had_a_lease_to_come_back(&mut conn);
+    }
+
+    #[test]
+    fn expired_leases_are_taken_only_from_owners_that_had_a_lease_to_come_back_on_postgres() {
+        let Ok(admin) = std::env::var("MAILROOM_TEST_POSTGRES_URL") else {
+            assert!(std::env::var_os("MAILROOM_TEST_REQUIRE_POSTGRES").is_none());
+            eprintln!("SKIPPED: MAILROOM_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let name = format!("mailroom_leases_{}", uuid::Uuid::new_v4().simple());
+        let mut server = PgConnection::establish(&admin).unwrap();
+        server.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let base = admin.split('?').next().unwrap_or(&admin);
+        let (host, _) = base.rsplit_once('/').unwrap();
+        let mut conn = DbConnection::Postgres(PgConnection::establish(&format!("{host}/{name}")).unwrap());
+        // The server has been up for longer than the one-second lease.
+        expired_leases_are_taken_only_from_owners_that_had_a_lease_to_come_back(&mut conn);
+        assert_eq!(
+            database_uptime_ms(&mut conn).unwrap().map(|ms| ms > 1000),
+            Some(true)
+        );
+        drop(conn);
+        server
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .unwrap();
+    }
 }
