@@ -267,6 +267,22 @@ fn run(
                 }
                 srv.call(req)
             })
+            // HEAD is GET without the body (RFC 9110), for every GET route.
+            .wrap_fn(|mut req, srv| {
+                let head = req.method() == actix_web::http::Method::HEAD;
+                if head {
+                    req.head_mut().method = actix_web::http::Method::GET;
+                }
+                let answer = srv.call(req);
+                async move {
+                    let res = answer.await?;
+                    Ok(if head {
+                        res.map_body(|_, _| actix_web::body::BoxBody::new(()))
+                    } else {
+                        res.map_into_boxed_body()
+                    })
+                }
+            })
             .wrap(Condition::new(cors_enabled, cors(&origins)))
             .wrap(ErrorHandlers::new().default_handler(problem_safety_net))
             .wrap(TracingLogger::default())

@@ -28,6 +28,24 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
     }
 }
 
+/// An integer as JSON Schema counts them: `8256` and `8256.0` alike (a client's JSON encoder may
+/// write either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Whole(pub i64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(deserializer)?;
+        if let Some(i) = n.as_i64() {
+            return Ok(Whole(i));
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Whole(f as i64)),
+            _ => Err(serde::de::Error::custom("not an integer")),
+        }
+    }
+}
+
 /// A request body that must be a JSON object (serde would otherwise fill a struct from an array).
 #[derive(Debug)]
 pub struct Object<T>(pub T);

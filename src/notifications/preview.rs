@@ -35,7 +35,7 @@ pub struct PreviewRequest {
     /// stored for exactly them.
     #[serde(default)]
     #[schema(value_type = Option<TemplateInput>)]
-    pub template: Field<TemplateInput>,
+    pub template: Field<Object<TemplateInput>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,7 +103,9 @@ fn render_preview(req: PreviewRequest, catalog: std::sync::Arc<Catalog>) -> Resu
         );
     }
     let data = errors.optional("data", req.data, "an object");
-    let draft = errors.optional("template", req.template, "an object");
+    let draft = errors
+        .optional("template", req.template, "an object")
+        .map(|o| o.0);
     let Some(event) = event else {
         errors.finish()?;
         return Err(ApiError::field("event", "required", "event is required"));

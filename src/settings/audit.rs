@@ -19,7 +19,7 @@ pub struct AuditQuery {
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// `next_cursor` from the previous page.
-    #[param(pattern = "^[0-9]+$")]
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 

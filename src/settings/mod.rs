@@ -38,10 +38,12 @@ pub fn check_if_match(if_match: Option<&str>, current_version: i64) -> Result<()
     }
 }
 
+/// The `If-Match` header; an empty one names no tag and is treated as absent.
 pub fn if_match_header(req: &HttpRequest) -> Option<String> {
     req.headers()
         .get(header::IF_MATCH)
-        .map(|v| v.to_str().unwrap_or("\"invalid\"").to_string())
+        .map(|v| v.to_str().unwrap_or("\"invalid\"").trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub struct SmtpTestRequest {
     /// host, port and username equal the saved ones.
     #[serde(default)]
     #[schema(value_type = Option<SmtpSettingsInput>)]
-    pub settings: Field<SmtpSettingsInput>,
+    pub settings: Field<Object<SmtpSettingsInput>>,
     /// Send a real test message to this address after the connection checks.
     #[serde(default)]
     #[schema(value_type = Option<String>, format = Email)]
@@ -29,8 +29,8 @@ pub struct SmtpTestRequest {
 }
 
 fn parse_body(req: &HttpRequest, body: &[u8]) -> Result<SmtpTestRequest, ApiError> {
-    // No body, or JSON `null`: test the saved settings (the document allows both).
-    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
+    // No body: test the saved settings. A JSON body must be an object, `null` included.
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(SmtpTestRequest::default());
     }
     let json = req
@@ -87,7 +87,7 @@ pub async fn test_smtp(
             errors.add("settings", "invalid_type", "settings must be an object");
             None
         }
-        Field::Value(s) => s.parse("settings.", &mut errors),
+        Field::Value(Object(s)) => s.parse("settings.", &mut errors),
     };
     let to = errors
         .optional("to", input.to, "a string")

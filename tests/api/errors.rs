@@ -158,3 +158,75 @@ async fn cors_allows_configured_origins_only() {
         Some("https://admin.example.com")
     );
 }
+
+/// The contract gaps schemathesis found from outside, each where the document and the server
+/// disagreed.
+#[tokio::test]
+async fn the_server_and_the_document_agree_on_the_shapes_the_review_found_apart() {
+    let app = spawn_app().await;
+    // `null` is not an object, for the SMTP test as for every other body.
+    let null = app
+        .send(
+            app.client
+                .post(app.url("/settings/smtp/test"))
+                .bearer_auth(admin_token())
+                .header("Content-Type", "application/json")
+                .body("null"),
+        )
+        .await;
+    assert_eq!(null.status, 422, "{}", null.text);
+    // A nested object given as an array is refused, not read as a sequence of fields.
+    let preview = app
+        .post(
+            "/settings/templates/preview",
+            &admin_token(),
+            &json!({"event": "access_request_approved", "template": [null, null]}),
+        )
+        .await;
+    assert_eq!(
+        preview.field_errors(),
+        vec![("template".to_string(), "invalid_type".to_string())],
+        "{}",
+        preview.text
+    );
+    // 8256.0 is an integer to JSON Schema, and to the server.
+    let port = app
+        .put_smtp(
+            &json!({"host": "127.0.0.1", "port": 8256.0, "timeout_seconds": 5.0, "security": "none",
+                          "from_address": "portal@example.com"}),
+        )
+        .await;
+    assert_eq!(port.status, 200, "{}", port.text);
+    assert_eq!(port.json()["port"], 8256);
+    // An empty If-Match names no tag: as if absent.
+    let empty = app
+        .send(
+            app.client
+                .put(app.url("/settings/admin-email"))
+                .bearer_auth(admin_token())
+                .header("If-Match", "")
+                .json(&json!({"email": "ops@example.com"})),
+        )
+        .await;
+    assert_eq!(empty.status, 200, "{}", empty.text);
+    // HEAD is GET without a body.
+    let head = app
+        .send(
+            app.client
+                .head(app.url("/settings/smtp"))
+                .bearer_auth(admin_token()),
+        )
+        .await;
+    assert_eq!(head.status, 200, "{}", head.text);
+    assert!(head.text.is_empty());
+    // The document says what the server checks: locale paths, audit cursors, non-empty templates.
+    let doc = mailroom::openapi::document();
+    let locale = &doc["paths"]["/settings/templates/{event}/{locale}"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "locale")
+        .unwrap()["schema"];
+    assert!(locale["pattern"].is_string(), "{locale}");
+    assert_eq!(doc["components"]["schemas"]["TemplateInput"]["minProperties"], 1);
+}

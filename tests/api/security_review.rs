@@ -260,7 +260,7 @@ async fn a_cursor_that_no_page_handed_out_is_invalid_everywhere() {
 }
 
 #[tokio::test]
-async fn the_smtp_test_accepts_a_null_body_and_names_its_own_size_limit() {
+async fn the_smtp_test_refuses_a_null_body_as_the_document_does_and_names_its_own_size_limit() {
     let app = spawn_app().await;
     let reply = app
         .send(
@@ -271,8 +271,17 @@ async fn the_smtp_test_accepts_a_null_body_and_names_its_own_size_limit() {
                 .body("null"),
         )
         .await;
-    // Nothing is saved: the same answer as for no body at all.
-    reply.problem(409, "smtp_not_configured");
+    // The document's body is an object (or no body at all, which tests the saved settings).
+    assert_eq!(
+        reply.field_errors(),
+        vec![("body".to_string(), "invalid_type".to_string())],
+        "{}",
+        reply.text
+    );
+    let none = app
+        .send(app.client.post(app.url("/settings/smtp/test")).bearer_auth(admin_token()))
+        .await;
+    none.problem(409, "smtp_not_configured");
     let reply = app
         .send(
             app.client

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::mail::message::Sender;
 use crate::mail::SmtpTarget;
 use crate::secrets::SecretCipher;
-use crate::validation::{check_email, check_header_text, check_host, Errors, Field};
+use crate::validation::{check_email, check_header_text, check_host, Errors, Field, Object, Whole};
 
 pub const KEY: &str = "smtp";
 /// Associated data for the password ciphertext.
@@ -123,7 +123,7 @@ pub struct SmtpSettingsInput {
     /// Defaults to 587 for `starttls`, 465 for `tls`, 25 for `none`.
     #[serde(default)]
     #[schema(value_type = Option<u16>, minimum = 1, maximum = 65535, example = 587)]
-    pub port: Field<i64>,
+    pub port: Field<Whole>,
     /// Defaults to `tls` on port 465 and `starttls` otherwise.
     #[serde(default)]
     #[schema(value_type = Option<Security>)]
@@ -150,7 +150,7 @@ pub struct SmtpSettingsInput {
     /// Per-step network timeout, 1 to 120 seconds (default 10).
     #[serde(default)]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 120, example = 10)]
-    pub timeout_seconds: Field<i64>,
+    pub timeout_seconds: Field<Whole>,
     /// Verify the server certificate (default true). Turn off only for internal relays with
     /// self-signed certificates; prefer `MAILROOM_SMTP_CA_FILE`.
     #[serde(default)]
@@ -167,7 +167,7 @@ pub struct SmtpSettingsInput {
     /// The OAuth provider, for `"auth": "oauth2"`.
     #[serde(default)]
     #[schema(value_type = Option<OAuth2Input>)]
-    pub oauth2: Field<OAuth2Input>,
+    pub oauth2: Field<Object<OAuth2Input>>,
 }
 
 /// What a request wants done with the stored password.
@@ -200,7 +200,7 @@ pub struct SmtpDraft {
 fn parse_auth(
     prefix: &str,
     auth: Field<String>,
-    oauth2: Field<OAuth2Input>,
+    oauth2: Field<Object<OAuth2Input>>,
     has_username: bool,
     errors: &mut Errors,
 ) -> (AuthKind, Option<OAuth2Draft>) {
@@ -218,7 +218,7 @@ fn parse_auth(
         }
     };
     let oauth2 = match oauth2 {
-        Field::Value(o) if auth == AuthKind::Oauth2 => o.parse(&f("oauth2."), errors),
+        Field::Value(Object(o)) if auth == AuthKind::Oauth2 => o.parse(&f("oauth2."), errors),
         Field::Invalid => {
             errors.add(
                 f("oauth2"),
@@ -290,7 +290,7 @@ impl SmtpSettingsInput {
             }
             None => None,
         };
-        let port = match errors.optional(&f("port"), self.port, "an integer") {
+        let port = match errors.optional(&f("port"), self.port, "an integer").map(|w| w.0) {
             Some(p) if (1..=65535).contains(&p) => Some(p as u16),
             Some(_) => {
                 errors.add(
@@ -360,7 +360,9 @@ impl SmtpSettingsInput {
         if let Some(n) = &from_name {
             check_header_text(errors, &f("from_name"), n, 200);
         }
-        let timeout_seconds = match errors.optional(&f("timeout_seconds"), self.timeout_seconds, "an integer")
+        let timeout_seconds = match errors
+            .optional(&f("timeout_seconds"), self.timeout_seconds, "an integer")
+            .map(|w| w.0)
         {
             Some(t) if (1..=120).contains(&t) => t as u32,
             Some(_) => {

@@ -356,7 +356,7 @@ pub fn load(conn: &mut DbConnection) -> Result<Option<Stored<Templates>>, ApiErr
     "subject": "Zugang zu {{ product_name }} genehmigt",
     "text": "Hallo {{ user_name }},\n\nIhr Zugang zu {{ product_name }} wurde genehmigt.",
     "html": "<p>Hallo {{ user_name }},</p><p>Ihr Zugang zu <b>{{ product_name }}</b> wurde genehmigt.</p>"
-}))]
+}), min_properties = 1)]
 pub struct TemplateInput {
     /// One line; no HTML.
     #[serde(default)]
