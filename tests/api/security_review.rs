@@ -279,7 +279,11 @@ async fn the_smtp_test_refuses_a_null_body_as_the_document_does_and_names_its_ow
         reply.text
     );
     let none = app
-        .send(app.client.post(app.url("/settings/smtp/test")).bearer_auth(admin_token()))
+        .send(
+            app.client
+                .post(app.url("/settings/smtp/test"))
+                .bearer_auth(admin_token()),
+        )
         .await;
     none.problem(409, "smtp_not_configured");
     let reply = app
