@@ -252,30 +252,33 @@ fn non_empty(s: Option<String>) -> Option<String> {
     s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
+/// The host, checked as a name or literal; a literal that spells a link-local, metadata or
+/// unspecified address is refused here (it would be refused at connect), so it is never saved.
+fn parse_host(field: &str, value: Field<String>, errors: &mut Errors) -> Option<String> {
+    let host = errors
+        .required(field, value, "a string")
+        .map(|h| h.trim().to_string());
+    if let Some(h) = &host {
+        if check_host(errors, field, h) {
+            let forbidden = crate::mail::policy::ip_literal(h)
+                .filter(|ip| crate::mail::policy::is_forbidden_address(*ip));
+            if let Some(ip) = forbidden {
+                errors.add(
+                    field,
+                    "host_not_allowed",
+                    format!("{field}: {h} is {ip}, a link-local, metadata or unspecified address"),
+                );
+            }
+        }
+    }
+    host
+}
+
 impl SmtpSettingsInput {
     /// Validates every field, reporting each failure with its name (prefixed with `prefix`).
     pub fn parse(self, prefix: &str, errors: &mut Errors) -> Option<SmtpDraft> {
         let f = |name: &str| format!("{prefix}{name}");
-        let host = errors
-            .required(&f("host"), self.host, "a string")
-            .map(|h| h.trim().to_string());
-        if let Some(h) = &host {
-            if check_host(errors, &f("host"), h) {
-                // Refused at connect anyway; refused here so that it is never saved.
-                if let Some(ip) = crate::mail::policy::ip_literal(h)
-                    .filter(|ip| crate::mail::policy::is_forbidden_address(*ip))
-                {
-                    errors.add(
-                        f("host"),
-                        "host_not_allowed",
-                        format!(
-                            "{}: {h} is {ip}, a link-local, metadata or unspecified address",
-                            f("host")
-                        ),
-                    );
-                }
-            }
-        }
+        let host = parse_host(&f("host"), self.host, errors);
         let security = match errors.optional(&f("security"), self.security, "a string") {
             Some(s) => {
                 let parsed = Security::parse(&s);
