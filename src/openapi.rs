@@ -74,7 +74,8 @@ pub fn document() -> serde_json::Value {
 ///   and a generated client then passes `None` where the header should be left out);
 /// - an optional request body is its schema, not `oneOf [schema, null]`;
 /// - every body may be answered 413 (too large) and 415 (not JSON);
-/// - a 401 carries `WWW-Authenticate`, a 429 `Retry-After`.
+/// - a 401 carries `WWW-Authenticate`, a 429 `Retry-After`;
+/// - subject keys are the events' names.
 fn polish(doc: &mut serde_json::Value) {
     use serde_json::{json, Value};
     let problem = |description: &str| {
@@ -83,6 +84,11 @@ fn polish(doc: &mut serde_json::Value) {
             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         })
     };
+    // Subjects are keyed by event: the names the server takes, not any string.
+    if let Some(keys) = doc.pointer_mut("/components/schemas/SubjectsInput/properties/subjects/propertyNames") {
+        let names: Vec<&str> = crate::events::EVENTS.iter().map(|e| e.name).collect();
+        *keys = json!({"enum": names});
+    }
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
