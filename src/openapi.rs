@@ -85,7 +85,8 @@ fn polish(doc: &mut serde_json::Value) {
         })
     };
     // Subjects are keyed by event: the names the server takes, not any string.
-    if let Some(keys) = doc.pointer_mut("/components/schemas/SubjectsInput/properties/subjects/propertyNames") {
+    if let Some(keys) = doc.pointer_mut("/components/schemas/SubjectsInput/properties/subjects/propertyNames")
+    {
         let names: Vec<&str> = crate::events::EVENTS.iter().map(|e| e.name).collect();
         *keys = json!({"enum": names});
     }

@@ -229,9 +229,12 @@ async fn the_server_and_the_document_agree_on_the_shapes_the_review_found_apart(
         .unwrap()["schema"];
     assert!(locale["pattern"].is_string(), "{locale}");
     assert_eq!(doc["components"]["schemas"]["TemplateInput"]["minProperties"], 1);
-    let keys = &doc["components"]["schemas"]["SubjectsInput"]["properties"]["subjects"]["propertyNames"]["enum"];
+    let keys =
+        &doc["components"]["schemas"]["SubjectsInput"]["properties"]["subjects"]["propertyNames"]["enum"];
     assert!(
-        keys.as_array().unwrap().contains(&json!("access_request_approved")),
+        keys.as_array()
+            .unwrap()
+            .contains(&json!("access_request_approved")),
         "{keys}"
     );
 }
