@@ -114,8 +114,8 @@ pub fn save<T: Serialize>(
     })
 }
 
-/// Replaces a settings document in one transaction: checks `If-Match` against the current
-/// version, builds the next value from the current one, saves it and audits which fields changed
+/// Replaces a settings document in one transaction: builds the next value from the current one
+/// (validating it), checks `If-Match` against the current version, saves it and audits which fields changed
 /// (the fields named in `secrets` only as "changed").
 pub fn update<T, F>(
     conn: &mut DbConnection,
@@ -131,9 +131,10 @@ where
 {
     let current = load::<T>(conn, key)?;
     let version = current.as_ref().map_or(0, |c| c.version);
-    super::check_if_match(if_match, version)?;
     let old = current.as_ref().map(|c| &c.value);
+    // A body that is invalid whatever the version is a 422 before any precondition is a 412.
     let value = next(old)?;
+    super::check_if_match(if_match, version)?;
     let as_json = |v: &T| serde_json::to_value(v).unwrap_or_default();
     let changes = diff_fields(&old.map(as_json).unwrap_or_default(), &as_json(&value), secrets);
     let stored = save(conn, key, value, version, actor)?;

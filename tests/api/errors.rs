@@ -209,6 +209,17 @@ async fn the_server_and_the_document_agree_on_the_shapes_the_review_found_apart(
         )
         .await;
     assert_eq!(empty.status, 200, "{}", empty.text);
+    // An invalid body is a 422 whatever If-Match says.
+    let invalid = app
+        .send(
+            app.client
+                .patch(app.url("/settings/subjects"))
+                .bearer_auth(admin_token())
+                .header("If-Match", "\"999\"")
+                .json(&json!({})),
+        )
+        .await;
+    assert_eq!(invalid.status, 422, "{}", invalid.text);
     // HEAD is GET without a body.
     let head = app
         .send(
