@@ -71,7 +71,7 @@ pub struct LocaleInput {
     /// The locale used when a notification names none, and the last step before the built-in
     /// templates in every fallback chain. `PUT /settings/subjects` edits this locale's subjects.
     #[serde(default)]
-    #[schema(value_type = String, example = "en", required = true)]
+    #[schema(value_type = String, example = "en", required = true, pattern = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$", max_length = 35)]
     pub default_locale: Field<String>,
 }
 

@@ -197,7 +197,7 @@ pub async fn list_templates(
     security(("bearer" = ["settings:read"])),
     params(
         ("event" = String, Path, description = "An event from `GET /events`, or `layout`"),
-        ("locale" = String, Path, description = "A BCP 47 language tag: `en`, `de`, `pt-BR`", pattern = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"),
+        ("locale" = String, Path, description = "A BCP 47 language tag: `en`, `de`, `pt-BR`", pattern = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$", max_length = 35),
     ),
     responses(
         (status = 200, description = "Stored and effective parts", body = TemplateView, headers(("ETag" = String))),
@@ -299,7 +299,7 @@ fn write_entry(
     request_body = TemplateInput,
     params(
         ("event" = String, Path, description = "An event from `GET /events`, or `layout`"),
-        ("locale" = String, Path, description = "A BCP 47 language tag: `en`, `de`, `pt-BR`", pattern = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"),
+        ("locale" = String, Path, description = "A BCP 47 language tag: `en`, `de`, `pt-BR`", pattern = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$", max_length = 35),
         ("If-Match" = Option<String>, Header, description = "ETag from a previous GET; 412 if this template changed since"),
     ),
     responses(
@@ -356,7 +356,7 @@ pub async fn put_template(
     security(("bearer" = ["settings:write"])),
     params(
         ("event" = String, Path, description = "An event from `GET /events`, or `layout`"),
-        ("locale" = String, Path, description = "A BCP 47 language tag", pattern = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"),
+        ("locale" = String, Path, description = "A BCP 47 language tag", pattern = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$", max_length = 35),
         ("If-Match" = Option<String>, Header, description = "ETag from a previous GET; 412 if this template changed since"),
     ),
     responses(
