@@ -15,7 +15,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "src"
-MAX_FN_LINES = 150
+MAX_FN_LINES = 100
+MAX_FILE_LINES = 600
+# Top-level modules by layer, highest first: a module may use modules of its own layer or below.
+# An arrow from a lower layer to a higher one "runs back up"; at most MAX_BACK_ARROWS may.
+LAYERS = [
+    ["main"],
+    ["startup", "routes", "openapi", "health"],
+    ["error", "extract", "auth", "rate_limit", "telemetry"],
+    ["notifications", "delivery", "settings", "webhooks", "suppressions", "metrics", "events", "builtin"],
+    ["state"],
+    ["mail", "outbound", "sandbox", "db", "validation"],
+    ["domain", "config", "secrets"],
+]
+MAX_BACK_ARROWS = 2
 
 
 def module_name(path: Path) -> str:
@@ -50,6 +63,57 @@ def strip_tests_and_comments(text: str) -> str:
         i = j
     code = "".join(out)
     return "\n".join(line.split("//")[0] for line in code.splitlines())
+
+
+def check_folders(edges: dict) -> bool:
+    """Collapses the module graph to top-level modules; fails on a cycle among them or on more
+    than MAX_BACK_ARROWS arrows from a lower layer to a higher one. Returns whether it failed."""
+    top = lambda m: m.split("::")[0]
+    folders = {}
+    for v, targets in edges.items():
+        folders.setdefault(top(v), set())
+        for t in targets:
+            if top(t) != top(v):
+                folders[top(v)].add(top(t))
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    failed = False
+    unknown = sorted(f for f in folders if f not in rank and f != "crate")
+    if unknown:
+        failed = True
+        print(f"top-level modules in no layer of LAYERS: {', '.join(unknown)}")
+    if "--graph" in sys.argv:
+        print("folders:")
+        for v in sorted(folders, key=lambda f: (rank.get(f, -1), f)):
+            print(f"  {v} -> {', '.join(sorted(folders[v]))}")
+    back = sorted(
+        (v, t) for v, ts in folders.items() for t in ts if rank.get(t, 99) < rank.get(v, 99)
+    )
+    for v, t in back:
+        print(f"arrow back up: {v} -> {t}")
+    if len(back) > MAX_BACK_ARROWS:
+        failed = True
+        print(f"{len(back)} arrows run back up (limit {MAX_BACK_ARROWS})")
+    # Any cycle among folders, whatever the layers say.
+    seen, done = set(), set()
+
+    def visit(v, path):
+        nonlocal failed
+        seen.add(v)
+        path.append(v)
+        for w in sorted(folders.get(v, ())):
+            if w in path:
+                failed = True
+                print(f"cycle among folders: {' -> '.join(path[path.index(w):] + [w])}")
+            elif w not in done and w not in seen:
+                visit(w, path)
+        path.pop()
+        done.add(v)
+
+    for v in sorted(folders):
+        if v not in done:
+            seen.clear()
+            visit(v, [])
+    return failed
 
 
 def main() -> int:
@@ -151,6 +215,7 @@ def main() -> int:
             print(f"{v} -> {', '.join(sorted(edges[v]))}")
 
     failed = False
+    failed |= check_folders(edges)
     for comp in sccs:
         if len(comp) > 1:
             failed = True
@@ -188,8 +253,17 @@ def main() -> int:
                 print(f"{f.relative_to(ROOT.parent)}:{i + 1}: fn {m.group(6)} is {length} lines (limit {MAX_FN_LINES})")
             i += 1
 
+    for f in files:
+        count = len(f.read_text().splitlines())
+        if count > MAX_FILE_LINES:
+            failed = True
+            print(f"{f.relative_to(ROOT.parent)}: {count} lines (limit {MAX_FILE_LINES})")
+
     if not failed:
-        print(f"module check: {len(modules)} modules, no cycle, no function over {MAX_FN_LINES} lines")
+        print(
+            f"module check: {len(modules)} modules, no cycle among them or their folders, "
+            f"no function over {MAX_FN_LINES} lines, no file over {MAX_FILE_LINES} lines"
+        )
     return 1 if failed else 0
 
 

@@ -6,6 +6,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::db::{DbError, StoreError};
+
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One failing field of a request body.
@@ -187,7 +189,39 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Runs blocking database work off the async executor and flattens both error layers.
+/// Storage's failures as a client sees them: an unreachable database (a lost connection, an
+/// exhausted pool) is a 503 to retry, a full disk a 507, a lost race a 409; the rest is a bug.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => Self::Unavailable(why),
+            StoreError::StorageFull(cause) => Self::InsufficientStorage(cause),
+            StoreError::Conflict(detail) => Self::Conflict {
+                code: "concurrent_update",
+                detail,
+            },
+            StoreError::VersionMismatch => Self::PreconditionFailed,
+            StoreError::Other(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+impl DbError for ApiError {
+    fn storage_full(&self) -> Option<&str> {
+        match self {
+            Self::InsufficientStorage(cause) => Some(cause),
+            _ => None,
+        }
+    }
+}
+
+/// Runs blocking work (rendering) off the async executor and flattens both error layers.
 pub async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     F: FnOnce() -> Result<T, ApiError> + Send + 'static,

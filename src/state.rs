@@ -43,7 +43,7 @@ impl AppState {
             return Ok(catalog);
         }
         let cache = self.catalog.clone();
-        self.db.read(move |conn| cache.get(conn)).await
+        Ok(self.db.read(move |conn| cache.get(conn)).await?)
     }
 
     /// New work is queued.

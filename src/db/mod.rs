@@ -1,6 +1,9 @@
 //! Storage: one diesel code path over SQLite and PostgreSQL, chosen by the URL scheme.
 
+mod error;
 pub mod schema;
+
+pub use error::{connection_lost, DbError, StoreError};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +17,6 @@ use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::config::DatabaseUrl;
-use crate::error::ApiError;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -175,7 +177,7 @@ impl Db {
 
     /// Records how a write ended, so that a full disk shows in readiness and stats until a write
     /// succeeds again.
-    pub fn note_write<T>(&self, result: &Result<T, ApiError>) {
+    pub fn note_write<T, E: DbError>(&self, result: &Result<T, E>) {
         let mut storage = self.storage.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(_) => {
@@ -183,49 +185,53 @@ impl Db {
                     tracing::info!("database writes succeed again");
                 }
             }
-            Err(ApiError::InsufficientStorage(cause)) => {
+            Err(e) => {
+                let Some(cause) = e.storage_full() else {
+                    return;
+                };
                 if storage.is_none() {
                     tracing::error!(%cause, "database writes fail: the disk is full");
                 }
                 *storage = Some(StorageFailure {
                     at: now_millis(),
-                    cause: cause.clone(),
+                    cause: cause.to_string(),
                 });
             }
-            Err(_) => {}
         }
     }
 
-    pub fn read_conn(&self) -> Result<PooledConnection, ApiError> {
+    pub fn read_conn(&self) -> Result<PooledConnection, StoreError> {
         self.read
             .get()
-            .map_err(|e| ApiError::Unavailable(format!("no database connection available: {e}")))
+            .map_err(|e| StoreError::Unavailable(format!("no database connection available: {e}")))
     }
 
-    pub fn write_conn(&self) -> Result<PooledConnection, ApiError> {
+    pub fn write_conn(&self) -> Result<PooledConnection, StoreError> {
         self.write
             .get()
-            .map_err(|e| ApiError::Unavailable(format!("no database connection available: {e}")))
+            .map_err(|e| StoreError::Unavailable(format!("no database connection available: {e}")))
     }
 
     /// Runs `f` on a read connection on the blocking thread pool.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut DbConnection) -> Result<T, ApiError> + Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: DbError,
     {
         let db = self.clone();
-        crate::error::blocking(move || f(&mut *db.read_conn()?)).await
+        blocking(move || f(&mut *db.read_conn()?)).await
     }
 
     /// Runs `f` inside a transaction on the write connection, on the blocking thread pool.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut DbConnection) -> Result<T, ApiError> + Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: DbError,
     {
         let db = self.clone();
-        crate::error::blocking(move || {
+        blocking(move || {
             let mut conn = db.write_conn()?;
             let result = write_transaction(&mut conn, f);
             db.note_write(&result);
@@ -233,6 +239,18 @@ impl Db {
         })
         .await
     }
+}
+
+/// Runs blocking database work off the async executor.
+async fn blocking<T, E, F>(f: F) -> Result<T, E>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: DbError,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Other(anyhow::anyhow!("blocking database task failed: {e}")))?
 }
 
 /// How often the checkpointer copies committed WAL pages into the database file. Measured on
@@ -358,61 +376,6 @@ pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))
 }
 
-impl From<diesel::result::Error> for ApiError {
-    fn from(e: diesel::result::Error) -> Self {
-        if let Some(cause) = storage_full(&e) {
-            return ApiError::InsufficientStorage(cause);
-        }
-        if connection_lost(&e) {
-            tracing::warn!(error = %e, "the database connection was lost during a query");
-            return ApiError::Unavailable("the database connection was lost; retry".into());
-        }
-        ApiError::Internal(anyhow::Error::new(e).context("database query failed"))
-    }
-}
-
-/// Whether a query failed because its connection went away (a restarted or stopping server,
-/// `pg_terminate_backend`, a dropped network): the service is unavailable, not broken, like a
-/// failed checkout. libpq reports these as messages only.
-pub fn connection_lost(e: &diesel::result::Error) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error};
-    match e {
-        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
-        Error::DatabaseError(_, info) => {
-            let lower = info.message().to_ascii_lowercase();
-            [
-                "terminating connection",
-                "server closed the connection",
-                "connection to server",
-                "no connection to the server",
-                "could not receive data from server",
-                "could not send data to server",
-                "ssl syscall error",
-                "the database system is shutting down",
-                "the database system is starting up",
-            ]
-            .iter()
-            .any(|m| lower.contains(m))
-        }
-        _ => false,
-    }
-}
-
-/// Whether the database refused to grow: SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full`
-/// (53100) and out-of-space I/O errors. diesel exposes only the message for these.
-fn storage_full(e: &diesel::result::Error) -> Option<String> {
-    let diesel::result::Error::DatabaseError(_, info) = e else {
-        return None;
-    };
-    let message = info.message();
-    let lower = message.to_ascii_lowercase();
-    (lower.contains("database or disk is full")
-        || lower.contains("no space left on device")
-        || lower.contains("disk full")
-        || lower.contains("could not extend file"))
-    .then(|| message.to_string())
-}
-
 /// Milliseconds since the Unix epoch: the one time representation stored in every table.
 /// The PostgreSQL channel on which new and newly due notifications are announced, so that every
 /// instance's dispatcher wakes at once instead of at its next poll.
@@ -521,8 +484,8 @@ mod tests {
             .unwrap_err();
         killer.join().unwrap();
         assert!(connection_lost(&e), "{e:?}");
-        let api = ApiError::from(e);
-        assert!(matches!(api, ApiError::Unavailable(_)), "{api:?}");
+        let stored = StoreError::from(e);
+        assert!(matches!(stored, StoreError::Unavailable(_)), "{stored:?}");
     }
 
     #[derive(diesel::QueryableByName)]

@@ -28,7 +28,7 @@ pub async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) -> Result
     let (counts, oldest) = state
         .db
         .read(|conn| {
-            Ok((
+            Ok::<_, ApiError>((
                 crate::notifications::store::count_by_status(conn)?,
                 crate::notifications::store::oldest_queued_created_at(conn)?,
             ))

@@ -9,6 +9,7 @@ use validator::ValidateUrl;
 
 use super::render::{self, Rendered};
 use super::store::{self, BodyRow, NewNotification, NotificationRow, Status};
+use crate::db::StoreError;
 use crate::db::{millis_to_datetime, DbConnection};
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, Event, Recipient};
@@ -358,20 +359,53 @@ impl Acceptance {
     }
 }
 
+/// Why a validated notification was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("this Idempotency-Key was already used with a different request body")]
+    KeyReused,
+    #[error("a request with this Idempotency-Key is being processed; retry it")]
+    KeyInUse,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<diesel::result::Error> for AcceptError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<AcceptError> for ApiError {
+    fn from(e: AcceptError) -> Self {
+        match e {
+            AcceptError::KeyReused => ApiError::Conflict {
+                code: "idempotency_key_reused",
+                detail: e.to_string(),
+            },
+            AcceptError::KeyInUse => ApiError::Conflict {
+                code: "idempotency_key_in_use",
+                detail: e.to_string(),
+            },
+            AcceptError::Store(e) => e.into(),
+        }
+    }
+}
+
 /// Decides a rendered notification's initial status: what to store and the answer.
 pub fn prepare(
     ctx: &AcceptContext,
     v: &Validated,
     subject_sub: &str,
     now: i64,
-) -> Result<(NewNotification, Accepted), ApiError> {
+) -> Result<(NewNotification, Accepted), StoreError> {
     let Rendered {
         subject,
         text,
         html,
         locale,
     } = v.rendered.clone().ok_or_else(|| {
-        ApiError::Internal(anyhow::anyhow!(
+        StoreError::Other(anyhow::anyhow!(
             "{} was not rendered before storing",
             v.event.name
         ))
@@ -391,7 +425,7 @@ pub fn prepare(
         event: v.event.name.to_string(),
         recipient: recipient.clone(),
         to_name: v.to_name.clone(),
-        data: serde_json::to_string(&v.data).map_err(|e| ApiError::Internal(e.into()))?,
+        data: serde_json::to_string(&v.data)?,
         subject: subject.clone(),
         status: status.as_str().to_string(),
         status_reason: held_reason.clone(),
@@ -434,17 +468,14 @@ pub fn accept(
     v: Validated,
     subject_sub: &str,
     now: i64,
-) -> Result<Acceptance, ApiError> {
+) -> Result<Acceptance, AcceptError> {
     if let Some(key) = &v.idempotency_key {
         if let Some(previous) = store::find_idempotency(conn, subject_sub, key)? {
             if previous.request_hash != v.request_hash {
-                return Err(ApiError::Conflict {
-                    code: "idempotency_key_reused",
-                    detail: "this Idempotency-Key was already used with a different request body".into(),
-                });
+                return Err(AcceptError::KeyReused);
             }
             let accepted = serde_json::from_str(&previous.response).map_err(|e| {
-                ApiError::Internal(anyhow::anyhow!("stored idempotent response unreadable: {e}"))
+                StoreError::Other(anyhow::anyhow!("stored idempotent response unreadable: {e}"))
             })?;
             return Ok(Acceptance::Repeat(accepted));
         }
@@ -452,7 +483,7 @@ pub fn accept(
     let (row, accepted) = prepare(ctx, &v, subject_sub, now)?;
     store::insert(conn, &row)?;
     if let Some(key) = &v.idempotency_key {
-        let response = serde_json::to_string(&accepted).map_err(|e| ApiError::Internal(e.into()))?;
+        let response = serde_json::to_string(&accepted).map_err(StoreError::from)?;
         store::insert_idempotency(
             conn,
             subject_sub,
@@ -464,10 +495,7 @@ pub fn accept(
         )
         .map_err(|e| match e {
             diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
-                ApiError::Conflict {
-                    code: "idempotency_key_in_use",
-                    detail: "a request with this Idempotency-Key is being processed; retry it".into(),
-                }
+                AcceptError::KeyInUse
             }
             e => e.into(),
         })?;

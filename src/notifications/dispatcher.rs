@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use super::routing::{not_deliverable_reason, Deliverability, NO_ADMIN_EMAIL};
 use super::store::{self, Claimed, Outcome, Recorded};
 use crate::config::DeliveryConfig;
+use crate::db::StoreError;
 use crate::db::{now_millis, Db};
-use crate::error::ApiError;
 use crate::mail::message::{self, Content, Sender};
 use crate::mail::transport::{resolve_checked, ConnectError, Session};
 use crate::mail::{redact, MailContext, SmtpTarget};
@@ -376,7 +376,7 @@ impl Dispatcher {
         let owner = self.owner.clone();
         if let Err(e) = self
             .db
-            .write(move |conn| Ok(store::renew(conn, &owner, now, lease_until)?))
+            .write(move |conn| store::renew(conn, &owner, now, lease_until).map_err(StoreError::from))
             .await
         {
             self.trouble.seen();
@@ -385,11 +385,11 @@ impl Dispatcher {
     }
 
     /// Refreshes the route from the settings and moves rows between held, queued and expired.
-    async fn maintain(&mut self) -> Result<(), ApiError> {
+    async fn maintain(&mut self) -> Result<(), StoreError> {
         self.store_rotated_refresh_token().await;
         let db = self.db.clone();
         let (smtp, admin) = db
-            .read(|conn| Ok((smtp::load(conn)?, admin_email::load(conn)?)))
+            .read(|conn| Ok::<_, StoreError>((smtp::load(conn)?, admin_email::load(conn)?)))
             .await?;
         let mut blocked = not_deliverable_reason(smtp.as_ref().map(|s| &s.value));
         match (&smtp, blocked.is_none()) {
@@ -443,29 +443,12 @@ impl Dispatcher {
         let (cipher, version) = (self.cipher.clone(), route.version);
         let saved = self
             .db
-            .write(move |conn| {
-                let Some(stored) = smtp::load(conn)? else {
-                    return Ok(false);
-                };
-                // Only onto the settings the token was issued for.
-                if stored.version != version {
-                    return Ok(false);
-                }
-                let Some(oauth) = &stored.value.oauth2 else {
-                    return Ok(false);
-                };
-                let next = crate::settings::smtp::SmtpSettings {
-                    oauth2: Some(oauth.with_refresh_token(&cipher, &token)?),
-                    ..stored.value.clone()
-                };
-                crate::settings::store::save(conn, smtp::KEY, next, version, "mailroom")?;
-                Ok(true)
-            })
+            .write(move |conn| smtp::store_rotated_refresh_token(conn, &cipher, version, &token))
             .await;
         match saved {
             Ok(true) => tracing::info!("stored the refresh token the OAuth provider rotated"),
             Ok(false) => {}
-            Err(e) => tracing::error!(error = e.chain(), "storing a rotated refresh token failed"),
+            Err(e) => tracing::error!(error = %e, "storing a rotated refresh token failed"),
         }
     }
 
@@ -475,8 +458,12 @@ impl Dispatcher {
     ) -> Result<Route, String> {
         let settings = &stored.value;
         let sender = settings.sender().ok_or("no default From address is configured")?;
-        let password = settings.unseal_password(&self.cipher).map_err(|e| e.chain())?;
-        let oauth = settings.token_source(&self.cipher).map_err(|e| e.chain())?;
+        let password = settings
+            .unseal_password(&self.cipher)
+            .map_err(|e| format!("{e:#}"))?;
+        let oauth = settings
+            .token_source(&self.cipher)
+            .map_err(|e| format!("{e:#}"))?;
         let target = settings.target(password, oauth);
         // A DNS failure may be temporary: keep trying to send; each attempt reports it.
         if let Ok(Err(refused)) = resolve_checked(&self.mail, &target.host, target.port).await {
@@ -503,7 +490,7 @@ struct ClaimResult {
     /// The settings version it was claimed for.
     version: i64,
     limit: usize,
-    result: Result<Vec<Claimed>, ApiError>,
+    result: Result<Vec<Claimed>, StoreError>,
 }
 
 struct Claimer {
@@ -513,20 +500,14 @@ struct Claimer {
 }
 
 impl Claimer {
-    async fn claim(self, limit: usize, settings_version: i64) -> Result<Vec<Claimed>, ApiError> {
+    async fn claim(self, limit: usize, settings_version: i64) -> Result<Vec<Claimed>, StoreError> {
         let now = now_millis();
         let lease_until = now + self.lease.as_millis() as i64;
         let owner = self.owner;
         self.db
             .write(move |conn| {
-                Ok(store::claim(
-                    conn,
-                    &owner,
-                    now,
-                    lease_until,
-                    limit as i64,
-                    settings_version,
-                )?)
+                store::claim(conn, &owner, now, lease_until, limit as i64, settings_version)
+                    .map_err(StoreError::from)
             })
             .await
     }

@@ -256,12 +256,11 @@ pub async fn post_batch(
     }
     // Through the group committer, like single posts: each item is answered on its own.
     let (sub, intake) = (auth.sub(), &state.intake);
-    let outcomes = futures_util::future::join_all(
-        valid
-            .into_iter()
-            .map(|(index, v)| async move { (index, intake.accept(v, sub, now).await) }),
-    )
-    .await;
+    let outcomes =
+        futures_util::future::join_all(valid.into_iter().map(|(index, v)| async move {
+            (index, intake.accept(v, sub, now).await.map_err(ApiError::from))
+        }))
+        .await;
     let mut wake = false;
     for (index, outcome) in outcomes {
         count_acceptance(outcome.as_ref().map(|a| a.accepted()), started);
@@ -401,7 +400,7 @@ pub async fn get_notification(
             let row =
                 store::find(conn, &id)?.ok_or_else(|| ApiError::NotFound(format!("no notification {id}")))?;
             let attempts = store::attempts(conn, &id)?;
-            Ok((row, attempts))
+            Ok::<_, ApiError>((row, attempts))
         })
         .await?;
     Ok(web::Json(view(row, attempts)))
@@ -626,7 +625,7 @@ pub async fn flush_queue(
     let now = now_millis();
     let flushed = state
         .db
-        .write(move |conn| Ok(store::make_queued_due(conn, now, false)?))
+        .write(move |conn| Ok::<_, ApiError>(store::make_queued_due(conn, now, false)?))
         .await?;
     tracing::info!(actor = %auth.sub(), flushed, "queue flushed");
     state.wake_dispatcher();
@@ -700,7 +699,7 @@ pub async fn stats(
                     reply: Some(reply),
                 })
             };
-            Ok(Stats {
+            Ok::<_, ApiError>(Stats {
                 counts,
                 oldest_queued_age_seconds: oldest.map(|o| (now - o).max(0) / 1000),
                 last_success: last(last_success),

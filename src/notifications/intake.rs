@@ -5,10 +5,10 @@ use std::thread;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::accept::{self, AcceptContext, Acceptance, Validated};
+use super::accept::{self, AcceptContext, AcceptError, Acceptance, Validated};
 use super::store;
 use crate::db::Db;
-use crate::error::ApiError;
+use crate::db::StoreError;
 
 /// Most notifications written in one transaction.
 const MAX_GROUP: usize = 512;
@@ -17,7 +17,7 @@ struct Job {
     validated: Validated,
     subject: String,
     now: i64,
-    reply: oneshot::Sender<Result<Acceptance, ApiError>>,
+    reply: oneshot::Sender<Result<Acceptance, AcceptError>>,
 }
 
 /// Hands validated notifications to a committer thread.
@@ -41,7 +41,7 @@ impl Intake {
         validated: Validated,
         subject: &str,
         now: i64,
-    ) -> Result<Acceptance, ApiError> {
+    ) -> Result<Acceptance, AcceptError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             validated,
@@ -52,10 +52,10 @@ impl Intake {
         self.jobs
             .send(job)
             .await
-            .map_err(|_| ApiError::Unavailable("the service is shutting down".into()))?;
+            .map_err(|_| StoreError::Unavailable("the service is shutting down".into()))?;
         answer
             .await
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("the intake thread stopped")))?
+            .map_err(|_| StoreError::Other(anyhow::anyhow!("the intake thread stopped")))?
     }
 }
 
@@ -79,13 +79,13 @@ fn committer(db: Db, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                tracing::error!(error = e.chain(), "committing accepted notifications failed");
+                tracing::error!(error = %e, "committing accepted notifications failed");
                 for reply in replies {
                     let answer = match &e {
-                        ApiError::InsufficientStorage(cause) => ApiError::InsufficientStorage(cause.clone()),
-                        _ => ApiError::Unavailable(format!("the notification could not be stored: {e}")),
+                        StoreError::StorageFull(cause) => StoreError::StorageFull(cause.clone()),
+                        _ => StoreError::Unavailable(format!("the notification could not be stored: {e}")),
                     };
-                    let _ = reply.send(Err(answer));
+                    let _ = reply.send(Err(answer.into()));
                 }
             }
         }
@@ -97,7 +97,7 @@ fn committer(db: Db, mut rx: mpsc::Receiver<Job>) {
 fn commit(
     db: &Db,
     inputs: Vec<(Validated, String, i64)>,
-) -> Result<Vec<Result<Acceptance, ApiError>>, ApiError> {
+) -> Result<Vec<Result<Acceptance, AcceptError>>, StoreError> {
     let mut conn = db.write_conn()?;
     let result = crate::db::write_transaction(&mut conn, |conn| {
         let mut ctx = AcceptContext::load(conn)?;
@@ -106,7 +106,7 @@ fn commit(
             .filter_map(|(v, _, _)| ctx.recipient(v.to.as_deref()))
             .collect();
         ctx.suppressed = crate::suppressions::reasons(conn, &recipients)?;
-        let mut results: Vec<Option<Result<Acceptance, ApiError>>> = Vec::new();
+        let mut results: Vec<Option<Result<Acceptance, AcceptError>>> = Vec::new();
         results.resize_with(inputs.len(), || None);
         let mut rows = Vec::with_capacity(inputs.len());
         // Keyed items take their keys in one order, (subject, key), in every group: on
@@ -123,20 +123,21 @@ fn commit(
                     accept::accept(conn, &ctx, validated, &subject, now)
                 })
             } else {
-                accept::prepare(&ctx, &validated, &subject, now).map(|(row, accepted)| {
-                    rows.push(row);
-                    Acceptance::New(accepted)
-                })
+                accept::prepare(&ctx, &validated, &subject, now)
+                    .map(|(row, accepted)| {
+                        rows.push(row);
+                        Acceptance::New(accepted)
+                    })
+                    .map_err(AcceptError::from)
             };
-            if let Err(
-                e @ (ApiError::Internal(_) | ApiError::Unavailable(_) | ApiError::InsufficientStorage(_)),
-            ) = result
-            {
-                return Err(e);
-            }
+            let result = match result {
+                // Storage failed: the whole group fails, and every request hears why.
+                Err(AcceptError::Store(e)) => return Err(e),
+                other => other,
+            };
             results[i] = Some(result);
         }
-        let results: Vec<Result<Acceptance, ApiError>> = results
+        let results: Vec<Result<Acceptance, AcceptError>> = results
             .into_iter()
             .map(|r| r.expect("every input has a result"))
             .collect();

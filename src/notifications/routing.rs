@@ -2,7 +2,7 @@
 //! SMTP settings and the admin address, for accepting, for housekeeping and for delivery.
 
 use crate::db::DbConnection;
-use crate::error::ApiError;
+use crate::db::StoreError;
 use crate::settings::{admin_email, smtp};
 
 /// Why an admin notification waits (also its `status_reason` while held).
@@ -30,7 +30,7 @@ pub struct Deliverability {
 
 impl Deliverability {
     /// Reads the settings that decide it (inside the caller's transaction).
-    pub fn load(conn: &mut DbConnection) -> Result<Self, ApiError> {
+    pub fn load(conn: &mut DbConnection) -> Result<Self, StoreError> {
         let smtp = smtp::load(conn)?;
         Ok(Self {
             blocked: not_deliverable_reason(smtp.as_ref().map(|s| &s.value)),

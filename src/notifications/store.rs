@@ -11,7 +11,7 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use super::routing::{Deliverability, NO_ADMIN_EMAIL};
 use crate::db::schema::{idempotency_keys, notification_attempts, notification_bodies, notifications};
 use crate::db::DbConnection;
-use crate::error::ApiError;
+use crate::db::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -120,7 +120,7 @@ pub struct AttemptRow {
     pub duration_ms: i64,
 }
 
-pub fn insert(conn: &mut DbConnection, new: &NewNotification) -> Result<(), ApiError> {
+pub fn insert(conn: &mut DbConnection, new: &NewNotification) -> Result<(), StoreError> {
     insert_many(conn, std::slice::from_ref(new))?;
     Ok(())
 }
@@ -154,7 +154,7 @@ pub fn insert_many(conn: &mut DbConnection, items: &[NewNotification]) -> Result
     Ok(())
 }
 
-pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<NotificationRow>, ApiError> {
+pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<NotificationRow>, StoreError> {
     Ok(notifications::table
         .find(id)
         .select(NotificationRow::as_select())
@@ -162,7 +162,7 @@ pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<NotificationRow>
         .optional()?)
 }
 
-pub fn attempts(conn: &mut DbConnection, id: &str) -> Result<Vec<AttemptRow>, ApiError> {
+pub fn attempts(conn: &mut DbConnection, id: &str) -> Result<Vec<AttemptRow>, StoreError> {
     Ok(notification_attempts::table
         .filter(notification_attempts::notification_id.eq(id))
         .order(notification_attempts::id.asc())
@@ -186,7 +186,7 @@ pub struct ListFilter {
 }
 
 /// Up to `limit` notifications matching `f`, newest first.
-pub fn list(conn: &mut DbConnection, f: &ListFilter, limit: i64) -> Result<Vec<NotificationRow>, ApiError> {
+pub fn list(conn: &mut DbConnection, f: &ListFilter, limit: i64) -> Result<Vec<NotificationRow>, StoreError> {
     let mut sql = notifications::table.into_boxed();
     if let Some(s) = &f.status {
         sql = sql.filter(notifications::status.eq(s));
@@ -211,7 +211,7 @@ pub fn list(conn: &mut DbConnection, f: &ListFilter, limit: i64) -> Result<Vec<N
 }
 
 /// Makes one queued notification due now, keeping its lifetime and attempts.
-pub fn make_due(conn: &mut DbConnection, id: &str, now: i64) -> Result<(), ApiError> {
+pub fn make_due(conn: &mut DbConnection, id: &str, now: i64) -> Result<(), StoreError> {
     diesel::update(
         notifications::table
             .find(id)
@@ -226,7 +226,7 @@ pub fn make_due(conn: &mut DbConnection, id: &str, now: i64) -> Result<(), ApiEr
 }
 
 /// Queues a failed or expired notification again, due now, with a new lifetime and no attempts.
-pub fn requeue(conn: &mut DbConnection, id: &str, now: i64, expires_at: i64) -> Result<(), ApiError> {
+pub fn requeue(conn: &mut DbConnection, id: &str, now: i64, expires_at: i64) -> Result<(), StoreError> {
     diesel::update(notifications::table.find(id))
         .set((
             notifications::status.eq(Status::Queued.as_str()),
@@ -241,7 +241,7 @@ pub fn requeue(conn: &mut DbConnection, id: &str, now: i64, expires_at: i64) -> 
 }
 
 /// How many notifications each status holds (statuses without any are absent).
-pub fn count_by_status(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, ApiError> {
+pub fn count_by_status(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, StoreError> {
     Ok(notifications::table
         .group_by(notifications::status)
         .select((notifications::status, diesel::dsl::count_star()))
@@ -249,7 +249,7 @@ pub fn count_by_status(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, Ap
 }
 
 /// When the oldest queued notification was created.
-pub fn oldest_queued_created_at(conn: &mut DbConnection) -> Result<Option<i64>, ApiError> {
+pub fn oldest_queued_created_at(conn: &mut DbConnection) -> Result<Option<i64>, StoreError> {
     Ok(notifications::table
         .filter(notifications::status.eq(Status::Queued.as_str()))
         .select(diesel::dsl::min(notifications::created_at))
@@ -259,7 +259,10 @@ pub fn oldest_queued_created_at(conn: &mut DbConnection) -> Result<Option<i64>, 
 /// The newest attempt that delivered (`sent`), or that did not: time, notification, reply.
 /// Each outcome is one lookup in `notification_attempts_outcome` (an `outcome <> 'sent'` filter
 /// would scan every attempt ever made, on each call of the statistics).
-pub fn last_attempt(conn: &mut DbConnection, sent: bool) -> Result<Option<(i64, String, String)>, ApiError> {
+pub fn last_attempt(
+    conn: &mut DbConnection,
+    sent: bool,
+) -> Result<Option<(i64, String, String)>, StoreError> {
     let outcomes: &[&str] = if sent { &["sent"] } else { &["deferred", "failed"] };
     let mut newest: Option<(i64, (i64, String, String))> = None;
     for outcome in outcomes {
@@ -289,7 +292,7 @@ pub fn last_attempt(conn: &mut DbConnection, sent: bool) -> Result<Option<(i64, 
 pub fn attempts_of(
     conn: &mut DbConnection,
     ids: &[String],
-) -> Result<std::collections::HashMap<String, Vec<AttemptRow>>, ApiError> {
+) -> Result<std::collections::HashMap<String, Vec<AttemptRow>>, StoreError> {
     let mut by_id: std::collections::HashMap<String, Vec<AttemptRow>> = Default::default();
     if ids.is_empty() {
         return Ok(by_id);
@@ -324,7 +327,7 @@ pub fn find_idempotency(
     conn: &mut DbConnection,
     subject: &str,
     key: &str,
-) -> Result<Option<IdempotencyRecord>, ApiError> {
+) -> Result<Option<IdempotencyRecord>, StoreError> {
     Ok(idempotency_keys::table
         .filter(
             idempotency_keys::subject
@@ -612,7 +615,7 @@ fn enqueue_hook(
 
 /// Writes outcomes in one transaction. Each update is guarded by the lease owner, so a worker whose
 /// lease expired and was taken over cannot overwrite the newer owner's result.
-pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Result<(), ApiError> {
+pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Result<(), StoreError> {
     conn.transaction(|conn| {
         // Webhook calls go in the same transaction as the status changes that cause them.
         let hooks = crate::webhooks::load(conn)?;
@@ -827,7 +830,7 @@ pub struct Requeue {
 
 /// How long the database server has been running, where it says (PostgreSQL); None on SQLite,
 /// where the file is the database and there is nothing to restart.
-fn database_uptime_ms(conn: &mut DbConnection) -> Result<Option<i64>, ApiError> {
+fn database_uptime_ms(conn: &mut DbConnection) -> Result<Option<i64>, StoreError> {
     #[derive(diesel::QueryableByName)]
     struct Uptime {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -853,7 +856,7 @@ pub fn maintain(
     now: i64,
     d: &Deliverability,
     requeue: &Requeue,
-) -> Result<usize, ApiError> {
+) -> Result<usize, StoreError> {
     conn.transaction(|conn| {
         use crate::db::schema::notifications::dsl::*;
         let overdue = notifications.filter(

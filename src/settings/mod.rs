@@ -16,22 +16,11 @@ use actix_web::HttpRequest;
 
 use crate::error::ApiError;
 
-/// The ETag of a settings document at `version` (0: never saved).
-pub fn etag(version: i64) -> String {
-    format!("\"{version}\"")
-}
+pub use store::etag;
 
 /// Fails with 412 when the request carries an `If-Match` that does not name the current version.
 pub fn check_if_match(if_match: Option<&str>, current_version: i64) -> Result<(), ApiError> {
-    let Some(if_match) = if_match else {
-        return Ok(());
-    };
-    let current = etag(current_version);
-    let matches = if_match
-        .split(',')
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current);
-    if matches {
+    if store::if_match_holds(if_match, current_version) {
         Ok(())
     } else {
         Err(ApiError::PreconditionFailed)

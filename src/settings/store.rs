@@ -5,8 +5,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::db::schema::{audit_log, settings};
+use crate::db::StoreError;
 use crate::db::{now_millis, DbConnection};
-use crate::error::ApiError;
 
 /// A settings document with its version (the ETag), time and author.
 #[derive(Debug, Clone)]
@@ -25,7 +25,10 @@ struct Row {
     updated_by: String,
 }
 
-pub fn load<T: DeserializeOwned>(conn: &mut DbConnection, key: &str) -> Result<Option<Stored<T>>, ApiError> {
+pub fn load<T: DeserializeOwned>(
+    conn: &mut DbConnection,
+    key: &str,
+) -> Result<Option<Stored<T>>, StoreError> {
     let row: Option<Row> = settings::table
         .filter(settings::key.eq(key))
         .select((
@@ -38,7 +41,7 @@ pub fn load<T: DeserializeOwned>(conn: &mut DbConnection, key: &str) -> Result<O
         .optional()?;
     row.map(|r| {
         let value = serde_json::from_str(&r.value)
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored {key} settings are unreadable: {e}")))?;
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("stored {key} settings are unreadable: {e}")))?;
         Ok(Stored {
             value,
             version: r.version,
@@ -51,7 +54,7 @@ pub fn load<T: DeserializeOwned>(conn: &mut DbConnection, key: &str) -> Result<O
 
 /// The current version of each of `keys` that exists, in key order: a cheap way to tell whether
 /// documents read earlier are still current.
-pub fn versions(conn: &mut DbConnection, keys: &[&str]) -> Result<Vec<(String, i64)>, ApiError> {
+pub fn versions(conn: &mut DbConnection, keys: &[&str]) -> Result<Vec<(String, i64)>, StoreError> {
     Ok(settings::table
         .filter(settings::key.eq_any(keys))
         .order(settings::key.asc())
@@ -67,8 +70,8 @@ pub fn save<T: Serialize>(
     value: T,
     previous_version: i64,
     actor: &str,
-) -> Result<Stored<T>, ApiError> {
-    let json = serde_json::to_string(&value).map_err(|e| ApiError::Internal(e.into()))?;
+) -> Result<Stored<T>, StoreError> {
+    let json = serde_json::to_string(&value)?;
     let now = now_millis();
     let version = previous_version + 1;
     let written = if previous_version == 0 {
@@ -101,10 +104,9 @@ pub fn save<T: Serialize>(
         .execute(conn)?
     };
     if written == 0 {
-        return Err(ApiError::Conflict {
-            code: "concurrent_update",
-            detail: format!("the {key} settings were changed by another request at the same time; read them again and retry"),
-        });
+        return Err(StoreError::Conflict(format!(
+            "the {key} settings were changed by another request at the same time; read them again and retry"
+        )));
     }
     Ok(Stored {
         value,
@@ -117,24 +119,27 @@ pub fn save<T: Serialize>(
 /// Replaces a settings document in one transaction: builds the next value from the current one
 /// (validating it), checks `If-Match` against the current version, saves it and audits which fields changed
 /// (the fields named in `secrets` only as "changed").
-pub fn update<T, F>(
+pub fn update<T, E, F>(
     conn: &mut DbConnection,
     key: &str,
     if_match: Option<&str>,
     actor: &str,
     secrets: &[&str],
     next: F,
-) -> Result<Stored<T>, ApiError>
+) -> Result<Stored<T>, E>
 where
     T: Serialize + DeserializeOwned,
-    F: FnOnce(Option<&T>) -> Result<T, ApiError>,
+    E: From<StoreError>,
+    F: FnOnce(Option<&T>) -> Result<T, E>,
 {
     let current = load::<T>(conn, key)?;
     let version = current.as_ref().map_or(0, |c| c.version);
     let old = current.as_ref().map(|c| &c.value);
     // A body that is invalid whatever the version is a 422 before any precondition is a 412.
     let value = next(old)?;
-    super::check_if_match(if_match, version)?;
+    if !if_match_holds(if_match, version) {
+        return Err(StoreError::VersionMismatch.into());
+    }
     let as_json = |v: &T| serde_json::to_value(v).unwrap_or_default();
     let changes = diff_fields(&old.map(as_json).unwrap_or_default(), &as_json(&value), secrets);
     let stored = save(conn, key, value, version, actor)?;
@@ -148,6 +153,23 @@ where
     Ok(stored)
 }
 
+/// The ETag of a settings document at `version` (0: never saved).
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Whether an `If-Match` (if any) names `current_version`: one of its tags, weak or strong, or `*`.
+pub fn if_match_holds(if_match: Option<&str>, current_version: i64) -> bool {
+    let Some(if_match) = if_match else {
+        return true;
+    };
+    let current = etag(current_version);
+    if_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current)
+}
+
 /// Appends an audit record. `details` must never hold a secret.
 pub fn audit(
     conn: &mut DbConnection,
@@ -155,7 +177,7 @@ pub fn audit(
     action: &str,
     resource: &str,
     details: serde_json::Value,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     diesel::insert_into(audit_log::table)
         .values((
             audit_log::occurred_at.eq(now_millis()),
@@ -176,7 +198,7 @@ pub fn audit_page(
     conn: &mut DbConnection,
     before: Option<i64>,
     limit: i64,
-) -> Result<Vec<AuditRow>, ApiError> {
+) -> Result<Vec<AuditRow>, StoreError> {
     let mut q = audit_log::table.into_boxed();
     if let Some(before) = before {
         q = q.filter(audit_log::id.lt(before));

@@ -156,7 +156,7 @@ pub async fn add_suppression(
             let added = super::add(conn, &address, &reason, "manual", None, now_millis())?;
             let entry = super::find(conn, &address)?
                 .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("suppression vanished")))?;
-            Ok((added, entry))
+            Ok::<_, ApiError>((added, entry))
         })
         .await?;
     let mut response = if added {

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 
 use crate::db::schema::suppressions;
 use crate::db::DbConnection;
-use crate::error::ApiError;
+use crate::db::StoreError;
 
 /// The key an address is stored under: the local part as given, the domain in lower case.
 pub fn normalize(address: &str) -> String {
@@ -59,11 +59,11 @@ pub fn add(
     Ok(n > 0)
 }
 
-pub fn remove(conn: &mut DbConnection, address: &str) -> Result<bool, ApiError> {
+pub fn remove(conn: &mut DbConnection, address: &str) -> Result<bool, StoreError> {
     Ok(diesel::delete(suppressions::table.find(normalize(address))).execute(conn)? > 0)
 }
 
-pub fn find(conn: &mut DbConnection, address: &str) -> Result<Option<Suppression>, ApiError> {
+pub fn find(conn: &mut DbConnection, address: &str) -> Result<Option<Suppression>, StoreError> {
     Ok(suppressions::table
         .find(normalize(address))
         .select(Suppression::as_select())
@@ -97,7 +97,7 @@ pub fn list(
     filter: Option<&str>,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<Suppression>, ApiError> {
+) -> Result<Vec<Suppression>, StoreError> {
     let mut q = suppressions::table.into_boxed();
     if let Some(f) = filter {
         q = q.filter(suppressions::address.like(format!("%{}%", f.replace(['%', '_'], ""))));

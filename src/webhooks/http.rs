@@ -277,7 +277,7 @@ pub async fn put_webhooks(
                             secret,
                         });
                     }
-                    Ok(WebhookSettings { endpoints })
+                    Ok::<_, ApiError>(WebhookSettings { endpoints })
                 },
             )
         })

@@ -14,7 +14,7 @@ use sha2::Sha256;
 
 use crate::db::schema::webhook_deliveries;
 use crate::db::DbConnection;
-use crate::error::ApiError;
+use crate::db::StoreError;
 use crate::settings::store;
 
 pub const KEY: &str = "webhooks";
@@ -44,7 +44,7 @@ pub struct WebhookSettings {
     pub endpoints: Vec<Endpoint>,
 }
 
-pub fn load(conn: &mut DbConnection) -> Result<WebhookSettings, ApiError> {
+pub fn load(conn: &mut DbConnection) -> Result<WebhookSettings, StoreError> {
     Ok(store::load::<WebhookSettings>(conn, KEY)?
         .map(|s| s.value)
         .unwrap_or_default())
@@ -218,7 +218,7 @@ pub fn list(
     endpoint: Option<&str>,
     status: Option<&str>,
     limit: i64,
-) -> Result<Vec<DeliveryRow>, ApiError> {
+) -> Result<Vec<DeliveryRow>, StoreError> {
     use crate::db::schema::webhook_deliveries::dsl as w;
     let mut q = w::webhook_deliveries.into_boxed();
     if let Some(e) = endpoint {

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::{claim, record, secret_key, sign, CallResult, Due, Endpoint, SECRET_PURPOSE};
 use crate::config::DeliveryConfig;
-use crate::db::{now_millis, Db};
+use crate::db::{now_millis, Db, StoreError};
 use crate::mail::policy::HostPolicy;
 use crate::secrets::SecretCipher;
 
@@ -43,7 +43,7 @@ impl Sender {
             let worked = match round {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::error!(error = e.chain(), "webhook round failed");
+                    tracing::error!(error = %e, "webhook round failed");
                     0
                 }
             };
@@ -57,12 +57,12 @@ impl Sender {
     }
 
     /// One batch: claim, post, record. Returns how many calls were made.
-    async fn round(&self) -> Result<usize, crate::error::ApiError> {
+    async fn round(&self) -> Result<usize, StoreError> {
         let now = now_millis();
         let lease_until = now + (TIMEOUT.as_millis() as i64) * 3;
         let due = self
             .db
-            .write(move |conn| Ok(claim(conn, now, lease_until, CONCURRENCY)?))
+            .write(move |conn| claim(conn, now, lease_until, CONCURRENCY).map_err(StoreError::from))
             .await?;
         if due.is_empty() {
             return Ok(0);
@@ -88,7 +88,9 @@ impl Sender {
             }
         }
         let n = results.len();
-        self.db.write(move |conn| Ok(record(conn, &results)?)).await?;
+        self.db
+            .write(move |conn| record(conn, &results).map_err(StoreError::from))
+            .await?;
         Ok(n)
     }
 }

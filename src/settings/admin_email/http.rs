@@ -99,7 +99,11 @@ pub async fn put_admin_email(
     let actor = auth.sub().to_string();
     let stored = state
         .db
-        .write(move |conn| store::update(conn, KEY, if_match.as_deref(), &actor, &[], |_| Ok(next)))
+        .write(move |conn| {
+            store::update(conn, KEY, if_match.as_deref(), &actor, &[], |_| {
+                Ok::<_, ApiError>(next)
+            })
+        })
         .await?;
     state.settings_changed();
     Ok(respond(Some(&stored)))

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::store;
 use crate::db::DbConnection;
-use crate::error::ApiError;
+use crate::db::StoreError;
 use crate::validation::Field;
 
 pub const KEY: &str = "admin_email";
@@ -27,7 +27,7 @@ pub struct AdminEmailInput {
 }
 
 /// The admin address, if one is set.
-pub fn load(conn: &mut DbConnection) -> Result<Option<String>, ApiError> {
+pub fn load(conn: &mut DbConnection) -> Result<Option<String>, StoreError> {
     Ok(store::load::<Option<AdminEmail>>(conn, KEY)?
         .and_then(|s| s.value)
         .map(|a| a.email))

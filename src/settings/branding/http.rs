@@ -80,7 +80,11 @@ pub async fn put_branding(
     let actor = auth.sub().to_string();
     let stored = state
         .db
-        .write(move |conn| store::update(conn, KEY, if_match.as_deref(), &actor, &[], |_| Ok(branding)))
+        .write(move |conn| {
+            store::update(conn, KEY, if_match.as_deref(), &actor, &[], |_| {
+                Ok::<_, ApiError>(branding)
+            })
+        })
         .await?;
     state.catalog.invalidate();
     Ok(respond(Some(&stored)))

@@ -128,7 +128,7 @@ impl BrandingInput {
 }
 
 /// The branding in effect (empty until set).
-pub fn load(conn: &mut DbConnection) -> Result<Branding, ApiError> {
+pub fn load(conn: &mut DbConnection) -> Result<Branding, crate::db::StoreError> {
     Ok(store::load::<Branding>(conn, KEY)?
         .map(|s| s.value)
         .unwrap_or_default())

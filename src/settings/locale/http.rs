@@ -92,7 +92,11 @@ pub async fn put_locale(
     let actor = auth.sub().to_string();
     let stored = state
         .db
-        .write(move |conn| store::update(conn, KEY, if_match.as_deref(), &actor, &[], |_| Ok(value)))
+        .write(move |conn| {
+            store::update(conn, KEY, if_match.as_deref(), &actor, &[], |_| {
+                Ok::<_, ApiError>(value)
+            })
+        })
         .await?;
     state.catalog.invalidate();
     Ok(respond(Some(&stored)))

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::store;
 use crate::db::DbConnection;
-use crate::error::ApiError;
+use crate::db::StoreError;
 use crate::validation::Field;
 
 pub const KEY: &str = "locale";
@@ -76,7 +76,7 @@ pub struct LocaleInput {
 }
 
 /// The default locale (`en` until set).
-pub fn default_locale(conn: &mut DbConnection) -> Result<String, ApiError> {
+pub fn default_locale(conn: &mut DbConnection) -> Result<String, StoreError> {
     Ok(store::load::<LocaleSettings>(conn, KEY)?
         .map(|s| s.value.default_locale)
         .unwrap_or_else(|| BUILTIN_DEFAULT.to_string()))

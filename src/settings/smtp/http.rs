@@ -162,7 +162,7 @@ pub async fn put_smtp(
             // Mail deferred under the old settings is due at once under the new ones, and the
             // failures the old settings caused stop counting towards its attempt limit.
             let due = crate::notifications::store::make_queued_due(conn, crate::db::now_millis(), true)?;
-            Ok((stored, due))
+            Ok::<_, ApiError>((stored, due))
         })
         .await?;
     let (stored, due) = stored;

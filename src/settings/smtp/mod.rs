@@ -47,7 +47,7 @@ pub struct SmtpSettings {
 
 impl SmtpSettings {
     /// The stored password, unsealed. The one place a sealed SMTP password is opened.
-    pub fn unseal_password(&self, cipher: &SecretCipher) -> Result<Option<SecretString>, ApiError> {
+    pub fn unseal_password(&self, cipher: &SecretCipher) -> anyhow::Result<Option<SecretString>> {
         unseal(cipher, self.password.as_deref())
     }
 
@@ -55,7 +55,7 @@ impl SmtpSettings {
     pub fn token_source(
         &self,
         cipher: &SecretCipher,
-    ) -> Result<Option<crate::mail::oauth::TokenSource>, ApiError> {
+    ) -> anyhow::Result<Option<crate::mail::oauth::TokenSource>> {
         match (&self.auth, &self.oauth2) {
             (AuthKind::Oauth2, Some(o)) => Ok(Some(o.token_source(
                 cipher,
@@ -414,11 +414,10 @@ impl SmtpSettingsInput {
     }
 }
 
-fn unseal(cipher: &SecretCipher, sealed: Option<&str>) -> Result<Option<SecretString>, ApiError> {
+fn unseal(cipher: &SecretCipher, sealed: Option<&str>) -> anyhow::Result<Option<SecretString>> {
     sealed
         .map(|sealed| cipher.decrypt(PASSWORD_PURPOSE, sealed))
         .transpose()
-        .map_err(ApiError::Internal)
 }
 
 /// The password a draft may use: its own, or the saved one when it targets the same account.
@@ -452,7 +451,7 @@ impl SmtpDraft {
     ) -> Result<Option<SecretString>, ApiError> {
         match self.password_source(saved) {
             PasswordSource::New(p) => Ok(Some(p.clone())),
-            PasswordSource::Saved(sealed) => unseal(cipher, Some(sealed)),
+            PasswordSource::Saved(sealed) => Ok(unseal(cipher, Some(sealed))?),
             PasswordSource::None => Ok(None),
         }
     }
@@ -515,6 +514,29 @@ impl SmtpDraft {
     }
 }
 
-pub fn load(conn: &mut DbConnection) -> Result<Option<Stored<SmtpSettings>>, ApiError> {
+pub fn load(conn: &mut DbConnection) -> Result<Option<Stored<SmtpSettings>>, crate::db::StoreError> {
     store::load(conn, KEY)
+}
+
+/// Seals a refresh token the OAuth provider rotated into the stored settings, so that a restart
+/// does not fall back to the old one; only onto the `version` the token was issued for.
+/// Whether it was stored.
+pub fn store_rotated_refresh_token(
+    conn: &mut DbConnection,
+    cipher: &SecretCipher,
+    version: i64,
+    token: &SecretString,
+) -> Result<bool, crate::db::StoreError> {
+    let Some(stored) = load(conn)? else {
+        return Ok(false);
+    };
+    let Some(oauth) = stored.value.oauth2.as_ref().filter(|_| stored.version == version) else {
+        return Ok(false);
+    };
+    let next = SmtpSettings {
+        oauth2: Some(oauth.with_refresh_token(cipher, token)?),
+        ..stored.value.clone()
+    };
+    store::save(conn, KEY, next, version, "mailroom")?;
+    Ok(true)
 }

@@ -92,15 +92,14 @@ impl OAuth2Settings {
         cipher: &SecretCipher,
         username: &str,
         timeout: std::time::Duration,
-    ) -> Result<TokenSource, ApiError> {
-        let unseal = |sealed: &Option<String>| -> Result<Option<SecretString>, ApiError> {
+    ) -> anyhow::Result<TokenSource> {
+        let unseal = |sealed: &Option<String>| -> anyhow::Result<Option<SecretString>> {
             sealed
                 .as_deref()
                 .map(|s| cipher.decrypt(SECRET_PURPOSE, s))
                 .transpose()
-                .map_err(ApiError::Internal)
         };
-        let missing = |what: &str| ApiError::Internal(anyhow::anyhow!("stored OAuth settings lack {what}"));
+        let missing = |what: &str| anyhow::anyhow!("stored OAuth settings lack {what}");
         let grant = match self.provider {
             Provider::Microsoft => Grant::ClientCredentials {
                 client_id: self.client_id.clone().ok_or_else(|| missing("client_id"))?,
@@ -148,7 +147,7 @@ impl OAuth2Settings {
     }
 
     /// The same settings with a rotated refresh token sealed in.
-    pub fn with_refresh_token(&self, cipher: &SecretCipher, token: &SecretString) -> Result<Self, ApiError> {
+    pub fn with_refresh_token(&self, cipher: &SecretCipher, token: &SecretString) -> anyhow::Result<Self> {
         Ok(Self {
             refresh_token: Some(cipher.encrypt(SECRET_PURPOSE, token.expose_secret())?),
             ..self.clone()

@@ -114,7 +114,7 @@ pub fn subject_for<'a>(custom: &'a CustomSubjects, event: &'static events::Event
         .map_or(event.default_subject, String::as_str)
 }
 
-pub fn load(conn: &mut DbConnection) -> Result<CustomSubjects, ApiError> {
+pub fn load(conn: &mut DbConnection) -> Result<CustomSubjects, crate::db::StoreError> {
     Ok(store::load::<CustomSubjects>(conn, KEY)?
         .map(|s| s.value)
         .unwrap_or_default())

@@ -288,7 +288,7 @@ fn write_entry(
         &format!("templates/{key}"),
         serde_json::json!({ "parts": set }),
     )?;
-    Catalog::load(conn)
+    Ok(Catalog::load(conn)?)
 }
 
 /// Store a template for one event (or `layout`) and locale. Every part is rendered against the

@@ -17,7 +17,8 @@ use super::locale;
 use super::store::{self, Stored};
 use super::subjects::{self, CustomSubjects};
 use crate::db::DbConnection;
-use crate::error::{ApiError, FieldError};
+use crate::db::StoreError;
+use crate::error::FieldError;
 use crate::events::{self, Event, MAX_VALUE_CHARS};
 use crate::sandbox::{self, Part, Refusal};
 use crate::validation::{check_header_text, Errors, Field};
@@ -159,7 +160,7 @@ pub enum Origin {
 }
 
 impl Catalog {
-    pub fn load(conn: &mut DbConnection) -> Result<Self, ApiError> {
+    pub fn load(conn: &mut DbConnection) -> Result<Self, StoreError> {
         Ok(Self {
             default_locale: locale::default_locale(conn)?,
             subjects: subjects::load(conn)?,
@@ -261,7 +262,7 @@ impl CatalogCache {
     }
 
     /// The catalog, read again only when one of its documents changed.
-    pub fn get(&self, conn: &mut DbConnection) -> Result<std::sync::Arc<Catalog>, ApiError> {
+    pub fn get(&self, conn: &mut DbConnection) -> Result<std::sync::Arc<Catalog>, StoreError> {
         let result = self.compare_and_load(conn);
         if let Some(c) = &mut *self.lock() {
             c.refreshing = None;
@@ -269,7 +270,7 @@ impl CatalogCache {
         result
     }
 
-    fn compare_and_load(&self, conn: &mut DbConnection) -> Result<std::sync::Arc<Catalog>, ApiError> {
+    fn compare_and_load(&self, conn: &mut DbConnection) -> Result<std::sync::Arc<Catalog>, StoreError> {
         let versions = store::versions(conn, &[locale::KEY, subjects::KEY, KEY, branding::KEY])?;
         let now = std::time::Instant::now();
         if let Some(c) = &mut *self.lock() {
@@ -346,7 +347,7 @@ mod cache_tests {
     }
 }
 
-pub fn load(conn: &mut DbConnection) -> Result<Option<Stored<Templates>>, ApiError> {
+pub fn load(conn: &mut DbConnection) -> Result<Option<Stored<Templates>>, StoreError> {
     store::load::<Templates>(conn, KEY)
 }
 
