@@ -11,7 +11,8 @@ use std::time::Instant;
 use diesel::prelude::*;
 use mailroom::config::DatabaseUrl;
 use mailroom::db::{now_millis, Db};
-use mailroom::notifications::store::{self, BodyRow, NewNotification, NotificationRow};
+use mailroom::store::notifications::{self as store, BodyRow, NewNotification, NotificationRow};
+use mailroom::store::queue;
 
 const BATCH: i64 = 100;
 const SAMPLES: usize = 20;
@@ -89,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..SAMPLES {
             let t = Instant::now();
             let claimed = conn.transaction::<_, diesel::result::Error, _>(|conn| {
-                store::claim(conn, "bench", now_millis(), now_millis() + 60_000, BATCH, 1)
+                queue::claim(conn, "bench", now_millis(), now_millis() + 60_000, BATCH, 1)
             })?;
             samples.push(t.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(claimed.len() as i64, BATCH);

@@ -103,6 +103,21 @@ pub struct DeliveryConfig {
     pub shutdown_grace: Duration,
 }
 
+impl DeliveryConfig {
+    /// The delay before retry `attempt` (1-based): exponential from `retry_base`, at most
+    /// `retry_max`, with equal jitter (half the delay fixed, half random) so that mail deferred
+    /// together does not come back together.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        use rand::Rng;
+        let exp = self
+            .retry_base
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.retry_max);
+        let half = exp / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
 /// One configuration variable: its name, its default as text, and what it does. The list drives
 /// `mailroom --help`, the TOML keys and `deploy/mailroom.env` (a test keeps that file in step).
 pub struct Variable {

@@ -181,7 +181,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
 fn worker(config: Config) -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let state = mailroom::startup::AppState::build(config).await?;
+        let state = mailroom::startup::AppState::build(config, Default::default()).await?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let webhooks = tokio::spawn(mailroom::startup::webhook_sender(&state).run(stopped.clone()));
         let dispatcher = tokio::spawn(mailroom::startup::dispatcher(&state).run(stopped));

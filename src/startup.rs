@@ -19,13 +19,16 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::JwtVerifier;
 use crate::config::{Config, CorsOrigins};
+use crate::delivery::Dispatcher;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::extract;
 pub use crate::mail::install_crypto_provider;
-use crate::notifications::dispatcher::Dispatcher;
+use crate::notifications::intake::Intake;
 use crate::routes::{self, RouteTable};
 use crate::secrets;
+use crate::settings::templates::CatalogCache;
 pub use crate::state::AppState;
+use crate::state::Hooks;
 
 /// The webhook sender for `state`'s database, keys and address policy.
 pub fn webhook_sender(state: &AppState) -> crate::webhooks::sender::Sender {
@@ -104,8 +107,13 @@ impl Application {
         let listener = TcpListener::bind(config.bind)
             .with_context(|| format!("MAILROOM_BIND: cannot listen on {}", config.bind))?;
         let port = listener.local_addr()?.port();
-        let state = web::Data::new(AppState::build(config).await?);
-        let server = run(listener, state.clone(), web::Data::new(verifier))?;
+        crate::metrics::handle();
+        let state = web::Data::new(AppState::build(config, hooks()).await?);
+        let services = Services {
+            intake: web::Data::new(Intake::start(state.db.clone())),
+            catalog: web::Data::new(CatalogCache::default()),
+        };
+        let server = run(listener, state.clone(), web::Data::new(verifier), services)?;
         Ok(Self { port, server, state })
     }
 
@@ -243,10 +251,26 @@ fn problem_safety_net<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHand
     ))
 }
 
+/// How features react to each other's changes.
+fn hooks() -> Hooks {
+    Hooks {
+        // Mail deferred under the old SMTP settings is due at once under the new ones, and the
+        // failures the old settings caused stop counting towards its attempt limit.
+        smtp_replaced: Box::new(|conn, now| Ok(crate::store::queue::make_queued_due(conn, now, true)?)),
+    }
+}
+
+/// Services of the features, shared by their handlers as app data of their own.
+struct Services {
+    intake: web::Data<Intake>,
+    catalog: web::Data<CatalogCache>,
+}
+
 fn run(
     listener: TcpListener,
     state: web::Data<AppState>,
     verifier: web::Data<JwtVerifier>,
+    services: Services,
 ) -> anyhow::Result<Server> {
     let spec = crate::openapi::document();
     let route_table = web::Data::new(RouteTable::from_openapi(&spec));
@@ -288,6 +312,8 @@ fn run(
             .wrap(TracingLogger::default())
             .app_data(state.clone())
             .app_data(verifier.clone())
+            .app_data(services.intake.clone())
+            .app_data(services.catalog.clone())
             .app_data(route_table.clone())
             .app_data(extract::json_config())
             .app_data(extract::payload_config())

@@ -1,17 +1,42 @@
-//! What every request handler shares: the database, keys, configuration, mail policy, the
-//! dispatcher's wake-up signals, the SMTP test limiter and the intake. Imports no handler.
+//! What every request handler shares, built once in `startup`: the database, keys,
+//! configuration, mail policy, the dispatcher's wake-up signals, the SMTP test limiter and the
+//! reactions to a settings change. Imports no feature: features hand theirs in through
+//! [`Hooks`], and their own services are app data of their own (see `startup`).
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, DbConnection, StoreError};
 use crate::mail::MailContext;
-use crate::notifications::dispatcher::Signals;
-use crate::notifications::intake::Intake;
 use crate::rate_limit::RateLimiter;
 use crate::secrets::{self, SecretCipher};
+
+/// Wakes the dispatcher: a new notification, or changed settings.
+#[derive(Default)]
+pub struct Signals {
+    pub work: Notify,
+    pub settings: Notify,
+}
+
+/// Runs inside the transaction that saves new SMTP settings; returns how many rows it touched.
+pub type SmtpReplaced = dyn Fn(&mut DbConnection, i64) -> Result<usize, StoreError> + Send + Sync;
+
+/// What other features do when a settings document changes, registered by `startup` (the
+/// delivery side subscribes to "SMTP settings replaced" without settings knowing of it).
+pub struct Hooks {
+    pub smtp_replaced: Box<SmtpReplaced>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            smtp_replaced: Box::new(|_, _| Ok(0)),
+        }
+    }
+}
 
 /// Shared by every request handler and the dispatcher.
 pub struct AppState {
@@ -21,9 +46,7 @@ pub struct AppState {
     pub mail: MailContext,
     pub signals: Arc<Signals>,
     pub smtp_test_limiter: RateLimiter,
-    pub intake: Intake,
-    /// Templates, subjects, branding and default locale, as of their last change.
-    pub catalog: Arc<crate::settings::templates::CatalogCache>,
+    pub hooks: Hooks,
     /// Batches validated, rendered and stored at once: one per core (at least two). More only
     /// add memory (each holds up to 1,000 rendered notifications), not throughput: the renders
     /// share the cores and the stores share one committer (BENCHMARKS.md, "RSS").
@@ -36,25 +59,14 @@ impl AppState {
         self.signals.settings.notify_one();
     }
 
-    /// The template catalog: from memory while it is fresh, else checked against the database
-    /// (which a request for every notification would otherwise pay).
-    pub async fn catalog(&self) -> Result<Arc<crate::settings::templates::Catalog>, crate::error::ApiError> {
-        if let Some(catalog) = self.catalog.fresh() {
-            return Ok(catalog);
-        }
-        let cache = self.catalog.clone();
-        Ok(self.db.read(move |conn| cache.get(conn)).await?)
-    }
-
     /// New work is queued.
     pub fn wake_dispatcher(&self) {
         self.signals.work.notify_one();
     }
 
     /// Opens the database (applying migrations) and loads keys and mail policy.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, hooks: Hooks) -> anyhow::Result<Self> {
         crate::mail::install_crypto_provider();
-        crate::metrics::handle();
         let key = secrets::load_or_create_secret_key(&config)?;
         let mail = MailContext::from_config(&config)?;
         let url = config.database_url.clone();
@@ -63,8 +75,6 @@ impl AppState {
             .await
             .context("database setup panicked")??;
         Ok(Self {
-            intake: Intake::start(db.clone()),
-            catalog: Arc::default(),
             batch_permits: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             )),
@@ -73,6 +83,7 @@ impl AppState {
             mail,
             signals: Arc::new(Signals::default()),
             smtp_test_limiter: RateLimiter::new(config.smtp_test_rate_per_minute),
+            hooks,
             config: Arc::new(config),
         })
     }

@@ -3,7 +3,6 @@
 
 pub mod message;
 pub mod oauth;
-pub mod policy;
 pub mod probe;
 pub mod transport;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::policy::HostPolicy;
+use crate::outbound::policy::HostPolicy;
 
 /// How a token is obtained.
 #[derive(Clone)]

@@ -123,7 +123,7 @@ fn split_pem_certificates(pem: &str) -> Vec<Vec<u8>> {
     blocks
 }
 
-pub use super::policy::{is_forbidden_address, HostPolicy, HostRefused};
+pub use crate::outbound::policy::{is_forbidden_address, HostPolicy, HostRefused};
 
 /// Resolves `host:port` and applies the host policy to every address it resolves to.
 pub async fn resolve_checked(
@@ -131,7 +131,7 @@ pub async fn resolve_checked(
     host: &str,
     port: u16,
 ) -> Result<Result<Vec<SocketAddr>, HostRefused>, std::io::Error> {
-    super::policy::resolve_checked(&ctx.policy, host, port).await
+    crate::outbound::policy::resolve_checked(&ctx.policy, host, port).await
 }
 
 /// A stream lettre can drive: a TCP or TLS stream we opened (with TCP_NODELAY: SMTP is a
@@ -594,7 +594,7 @@ mod tests {
 
     #[test]
     fn every_spelling_the_resolver_takes_for_a_literal_is_read_as_that_address() {
-        use crate::mail::policy::ip_literal;
+        use crate::outbound::policy::ip_literal;
         for spelling in [
             "169.254.169.254",
             "2852039166",

@@ -5,7 +5,6 @@ use actix_web::{get, web, FromRequest, HttpRequest, HttpResponse};
 use crate::auth::scope::MetricsRead;
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
-use crate::notifications::store::Status;
 use crate::state::AppState;
 
 /// Metrics for Prometheus. Needs `metrics:read`, unless `MAILROOM_METRICS_PUBLIC=true`.
@@ -25,24 +24,15 @@ pub async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) -> Result
     }
     let handle = super::handle();
     let now = crate::db::now_millis();
-    let (counts, oldest) = state
-        .db
-        .read(|conn| {
-            Ok::<_, ApiError>((
-                crate::notifications::store::count_by_status(conn)?,
-                crate::notifications::store::oldest_queued_created_at(conn)?,
-            ))
-        })
-        .await?;
-    for s in Status::ALL {
-        let n = counts
-            .iter()
-            .find(|(name, _)| name == s.as_str())
-            .map_or(0, |(_, n)| *n);
-        ::metrics::gauge!("mailroom_queue", "status" => s.as_str()).set(n as f64);
+    let depth = state.db.read(crate::store::stats::queue_depth).await?;
+    for (status, n) in &depth.counts {
+        ::metrics::gauge!("mailroom_queue", "status" => status.as_str()).set(*n as f64);
     }
-    ::metrics::gauge!("mailroom_queue_oldest_age_seconds")
-        .set(oldest.map_or(0.0, |o| ((now - o).max(0) as f64) / 1000.0));
+    ::metrics::gauge!("mailroom_queue_oldest_age_seconds").set(
+        depth
+            .oldest_queued_age_ms(now)
+            .map_or(0.0, |ms| ms as f64 / 1000.0),
+    );
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(handle.render()))

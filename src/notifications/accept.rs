@@ -8,12 +8,12 @@ use utoipa::ToSchema;
 use validator::ValidateUrl;
 
 use super::render::{self, Rendered};
-use super::store::{self, BodyRow, NewNotification, NotificationRow, Status};
 use crate::db::StoreError;
 use crate::db::{millis_to_datetime, DbConnection};
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, Event, Recipient};
 use crate::settings::templates::Catalog;
+use crate::store::notifications::{self as store, BodyRow, NewNotification, NotificationRow, Status};
 use crate::validation::{check_email, check_header_text, Errors, Field};
 
 /// Longest lifetime a caller may ask for.

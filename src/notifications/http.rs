@@ -9,12 +9,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::accept::{self, Acceptance, Accepted, NotificationRequest};
-use super::store::{self, Status};
+use super::intake::Intake;
 use crate::auth::scope::{NotificationsRead, NotificationsSend};
 use crate::auth::Authorized;
 use crate::db::{millis_to_datetime, now_millis};
 use crate::error::{ApiError, FieldError, Problem};
+use crate::settings::templates::CatalogCache;
 use crate::state::AppState;
+use crate::store::notifications::{self as store, Status};
+use crate::store::{queue, stats as queue_stats};
 use crate::validation::{Field, Object};
 
 pub const MAX_BATCH: usize = 1000;
@@ -65,11 +68,21 @@ fn accepted_response(a: &Accepted) -> HttpResponse {
 pub async fn post_notification(
     auth: Authorized<NotificationsSend>,
     state: web::Data<AppState>,
+    catalog: web::Data<CatalogCache>,
+    intake: web::Data<Intake>,
     req: HttpRequest,
     body: web::Json<Object<NotificationRequest>>,
 ) -> Result<HttpResponse, ApiError> {
     let started = std::time::Instant::now();
-    let result = accept_one(&auth, &state, &req, body.into_inner().0).await;
+    let result = accept_one(
+        &auth,
+        &state,
+        &intake,
+        catalog.into_inner(),
+        &req,
+        body.into_inner().0,
+    )
+    .await;
     count_acceptance(result.as_ref().map(|a| a.accepted()), started);
     let acceptance = result?;
     Ok(accepted_response(acceptance.accepted()))
@@ -97,18 +110,20 @@ fn count_acceptance(result: Result<&Accepted, &ApiError>, started: std::time::In
 async fn accept_one(
     auth: &Authorized<NotificationsSend>,
     state: &AppState,
+    intake: &Intake,
+    catalog: std::sync::Arc<CatalogCache>,
     req: &HttpRequest,
     body: NotificationRequest,
 ) -> Result<Acceptance, ApiError> {
     let now = now_millis();
     let key = idempotency_header(req)?;
     let validated = accept::validate(body, key.as_deref(), "", now).map_err(ApiError::Validation)?;
-    let catalog = state.catalog().await?;
+    let catalog = CatalogCache::current(catalog, &state.db).await?;
     // Rendered here, on the HTTP worker: bounded by the sandbox (fuel, output size), and a hop to
     // a blocking thread per request cost more than the rendering itself.
     let mut validated = validated;
     accept::render_validated(&mut validated, &catalog)?;
-    let acceptance = state.intake.accept(validated, auth.sub(), now).await?;
+    let acceptance = intake.accept(validated, auth.sub(), now).await?;
     if let Acceptance::New(a) = &acceptance {
         if a.status == Status::Queued {
             state.wake_dispatcher();
@@ -163,6 +178,8 @@ pub struct BatchResponse {
 pub async fn post_batch(
     auth: Authorized<NotificationsSend>,
     state: web::Data<AppState>,
+    catalog: web::Data<CatalogCache>,
+    intake: web::Data<Intake>,
     body: web::Json<Object<BatchRequest>>,
 ) -> Result<web::Json<BatchResponse>, ApiError> {
     let started = std::time::Instant::now();
@@ -231,7 +248,7 @@ pub async fn post_batch(
     }
     // Rendered off the async threads and before the committer; a failure is the item's own.
     if !valid.is_empty() {
-        let catalog = state.catalog().await?;
+        let catalog = CatalogCache::current(catalog.into_inner(), &state.db).await?;
         let rendered = crate::error::blocking(move || {
             Ok(valid
                 .into_iter()
@@ -255,7 +272,7 @@ pub async fn post_batch(
         }
     }
     // Through the group committer, like single posts: each item is answered on its own.
-    let (sub, intake) = (auth.sub(), &state.intake);
+    let (sub, intake) = (auth.sub(), &**intake);
     let outcomes =
         futures_util::future::join_all(valid.into_iter().map(|(index, v)| async move {
             (index, intake.accept(v, sub, now).await.map_err(ApiError::from))
@@ -625,7 +642,7 @@ pub async fn flush_queue(
     let now = now_millis();
     let flushed = state
         .db
-        .write(move |conn| Ok::<_, ApiError>(store::make_queued_due(conn, now, false)?))
+        .write(move |conn| Ok::<_, ApiError>(queue::make_queued_due(conn, now, false)?))
         .await?;
     tracing::info!(actor = %auth.sub(), flushed, "queue flushed");
     state.wake_dispatcher();
@@ -686,12 +703,9 @@ pub async fn stats(
     let stats = state
         .db
         .read(move |conn| {
-            let mut counts: BTreeMap<String, i64> =
-                Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
-            counts.extend(store::count_by_status(conn)?);
-            let oldest = store::oldest_queued_created_at(conn)?;
-            let last_success = store::last_attempt(conn, true)?;
-            let last_error = store::last_attempt(conn, false)?;
+            let depth = queue_stats::queue_depth(conn)?;
+            let last_success = queue_stats::last_attempt(conn, true)?;
+            let last_error = queue_stats::last_attempt(conn, false)?;
             let last = |r: Option<(i64, String, String)>| {
                 r.map(|(at, notification_id, reply)| LastEvent {
                     at: millis_to_datetime(at),
@@ -700,8 +714,12 @@ pub async fn stats(
                 })
             };
             Ok::<_, ApiError>(Stats {
-                counts,
-                oldest_queued_age_seconds: oldest.map(|o| (now - o).max(0) / 1000),
+                counts: depth
+                    .counts
+                    .iter()
+                    .map(|(s, n)| (s.as_str().to_string(), *n))
+                    .collect(),
+                oldest_queued_age_seconds: depth.oldest_queued_age_ms(now).map(|ms| ms / 1000),
                 last_success: last(last_success),
                 last_error: match (last(last_error), storage) {
                     (Some(e), Some(full)) if e.at.timestamp_millis() >= full.at => Some(e),

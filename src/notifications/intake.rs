@@ -6,9 +6,9 @@ use std::thread;
 use tokio::sync::{mpsc, oneshot};
 
 use super::accept::{self, AcceptContext, AcceptError, Acceptance, Validated};
-use super::store;
 use crate::db::Db;
 use crate::db::StoreError;
+use crate::store::notifications as store;
 
 /// Most notifications written in one transaction.
 const MAX_GROUP: usize = 512;
@@ -105,7 +105,7 @@ fn commit(
             .iter()
             .filter_map(|(v, _, _)| ctx.recipient(v.to.as_deref()))
             .collect();
-        ctx.suppressed = crate::suppressions::reasons(conn, &recipients)?;
+        ctx.suppressed = crate::store::suppressions::reasons(conn, &recipients)?;
         let mut results: Vec<Option<Result<Acceptance, AcceptError>>> = Vec::new();
         results.resize_with(inputs.len(), || None);
         let mut rows = Vec::with_capacity(inputs.len());
@@ -152,9 +152,9 @@ fn commit(
             })
             .collect();
         if !suppressed.is_empty() {
-            let hooks = crate::webhooks::load(conn)?;
+            let hooks = crate::store::webhooks::load(conn)?;
             for a in suppressed {
-                let data = crate::webhooks::NotificationData {
+                let data = crate::store::webhooks::NotificationData {
                     id: &a.id,
                     event: &a.event,
                     to: a.to.as_deref(),
@@ -164,7 +164,7 @@ fn commit(
                     smtp_reply: None,
                     attempt: None,
                 };
-                crate::webhooks::enqueue(
+                crate::store::webhooks::enqueue(
                     conn,
                     &hooks,
                     "notification.suppressed",

@@ -1,11 +1,8 @@
 //! Notifications: accepting them into the outbox, rendering, delivering and reporting.
 
 pub mod accept;
-pub mod dispatcher;
 pub mod http;
 pub mod intake;
 pub mod preview;
 pub mod render;
 pub mod routing;
-pub mod store;
-pub mod wakeup;

@@ -12,6 +12,7 @@ use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
 use crate::events;
 use crate::settings::locale;
+use crate::settings::templates::CatalogCache;
 use crate::settings::templates::{Catalog, Target, TemplateInput};
 use crate::state::AppState;
 use crate::validation::{Errors, Field, Object};
@@ -67,10 +68,11 @@ pub struct Preview {
 pub async fn preview(
     _auth: Authorized<SettingsRead>,
     state: web::Data<AppState>,
+    catalog: web::Data<CatalogCache>,
     body: web::Json<Object<PreviewRequest>>,
 ) -> Result<web::Json<Preview>, ApiError> {
     let req = body.into_inner().0;
-    let catalog = state.catalog().await?;
+    let catalog = CatalogCache::current(catalog.into_inner(), &state.db).await?;
     let rendered: Rendered = crate::error::blocking(move || render_preview(req, catalog)).await?;
     Ok(web::Json(Preview {
         subject: rendered.subject,

@@ -5,8 +5,7 @@ use crate::db::DbConnection;
 use crate::db::StoreError;
 use crate::settings::{admin_email, smtp};
 
-/// Why an admin notification waits (also its `status_reason` while held).
-pub const NO_ADMIN_EMAIL: &str = "no admin address is configured (PUT /settings/admin-email)";
+pub use crate::store::queue::housekeeping::NO_ADMIN_EMAIL;
 
 /// Why nothing at all can be sent with these SMTP settings; None when mail can go out.
 pub fn not_deliverable_reason(smtp: Option<&smtp::SmtpSettings>) -> Option<String> {
@@ -39,9 +38,18 @@ impl Deliverability {
         })
     }
 
+    /// What housekeeping applies of it.
+    pub fn routing(&self) -> crate::store::queue::housekeeping::Routing<'_> {
+        crate::store::queue::housekeeping::Routing {
+            blocked: self.blocked.as_deref(),
+            admin_email: self.admin_email.as_deref(),
+        }
+    }
+
     /// Why `recipient` is never to be mailed, if it is on the suppression list.
     pub fn suppression(&self, recipient: Option<&str>) -> Option<&String> {
-        self.suppressed.get(&crate::suppressions::normalize(recipient?))
+        self.suppressed
+            .get(&crate::store::suppressions::normalize(recipient?))
     }
 
     /// The recipient: the address given, else (an admin event) the admin address, if any.

@@ -5,12 +5,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::store;
 use crate::auth::scope::SettingsRead;
 use crate::auth::Authorized;
 use crate::db::millis_to_datetime;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
+use crate::store::settings as store;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -7,7 +7,6 @@ pub mod branding;
 pub mod locale;
 pub mod smtp;
 pub mod smtp_test;
-pub mod store;
 pub mod subjects;
 pub mod templates;
 
@@ -16,11 +15,11 @@ use actix_web::HttpRequest;
 
 use crate::error::ApiError;
 
-pub use store::etag;
+pub use crate::store::settings::etag;
 
 /// Fails with 412 when the request carries an `If-Match` that does not name the current version.
 pub fn check_if_match(if_match: Option<&str>, current_version: i64) -> Result<(), ApiError> {
-    if store::if_match_holds(if_match, current_version) {
+    if crate::store::settings::if_match_holds(if_match, current_version) {
         Ok(())
     } else {
         Err(ApiError::PreconditionFailed)

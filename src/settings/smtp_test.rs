@@ -5,12 +5,12 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::smtp::{self, SmtpSettingsInput};
-use super::store;
 use crate::auth::scope::SmtpTest;
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
 use crate::mail::probe::{self, ProbeRequest, TestReport};
 use crate::state::AppState;
+use crate::store::settings as store;
 use crate::validation::{check_email, Errors, Field, Object};
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

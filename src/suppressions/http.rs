@@ -5,12 +5,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::Suppression;
 use crate::auth::scope::{NotificationsRead, NotificationsSend};
 use crate::auth::Authorized;
 use crate::db::{millis_to_datetime, now_millis};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
+use crate::store::suppressions::{self as store, Suppression};
 use crate::validation::{check_email, Errors, Field, Object};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -87,7 +87,7 @@ pub async fn list_suppressions(
     }
     let rows = state
         .db
-        .read(move |conn| super::list(conn, q.address.as_deref(), q.cursor.as_deref(), limit + 1))
+        .read(move |conn| store::list(conn, q.address.as_deref(), q.cursor.as_deref(), limit + 1))
         .await?;
     let more = rows.len() as i64 > limit;
     let suppressions: Vec<SuppressionView> = rows
@@ -153,8 +153,8 @@ pub async fn add_suppression(
     let (added, entry) = state
         .db
         .write(move |conn| {
-            let added = super::add(conn, &address, &reason, "manual", None, now_millis())?;
-            let entry = super::find(conn, &address)?
+            let added = store::add(conn, &address, &reason, "manual", None, now_millis())?;
+            let entry = store::find(conn, &address)?
                 .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("suppression vanished")))?;
             Ok::<_, ApiError>((added, entry))
         })
@@ -187,7 +187,7 @@ pub async fn delete_suppression(
 ) -> Result<HttpResponse, ApiError> {
     let address = address.into_inner();
     let shown = address.clone();
-    let removed = state.db.write(move |conn| super::remove(conn, &address)).await?;
+    let removed = state.db.write(move |conn| store::remove(conn, &address)).await?;
     if removed {
         Ok(HttpResponse::NoContent().finish())
     } else {

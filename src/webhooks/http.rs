@@ -9,14 +9,14 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Endpoint, WebhookSettings, EVENT_TYPES, KEY, SECRET_PURPOSE};
 use crate::auth::scope::{NotificationsRead, SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::db::millis_to_datetime;
 use crate::error::{ApiError, Problem};
-use crate::settings::store::{self, Stored};
 use crate::settings::{etag, if_match_header};
 use crate::state::AppState;
+use crate::store::settings::{self as store, Stored};
+use crate::store::webhooks::{self as outbox, Endpoint, WebhookSettings, EVENT_TYPES, KEY, SECRET_PURPOSE};
 use crate::validation::{Errors, Field, Object};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -235,7 +235,7 @@ pub async fn put_webhooks(
     req: HttpRequest,
     body: web::Json<Object<WebhooksInput>>,
 ) -> Result<HttpResponse, ApiError> {
-    let current = state.db.read(super::load).await?;
+    let current = state.db.read(outbox::load).await?;
     let parsed = parse(body.into_inner().0, &current, &state)?;
     let revealed: Vec<(String, String)> = parsed
         .iter()
@@ -313,7 +313,7 @@ pub async fn test_webhook(
     id: web::Path<String>,
 ) -> Result<web::Json<PingResult>, ApiError> {
     let id = id.into_inner();
-    let settings = state.db.read(super::load).await?;
+    let settings = state.db.read(outbox::load).await?;
     let endpoint = settings
         .endpoints
         .into_iter()
@@ -430,7 +430,7 @@ pub async fn list_deliveries(
     errors.finish()?;
     let rows = state
         .db
-        .read(move |conn| super::list(conn, q.endpoint.as_deref(), q.status.as_deref(), limit))
+        .read(move |conn| outbox::list(conn, q.endpoint.as_deref(), q.status.as_deref(), limit))
         .await?;
     Ok(web::Json(WebhookDeliveries {
         deliveries: rows

@@ -8,11 +8,12 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{claim, record, secret_key, sign, CallResult, Due, Endpoint, SECRET_PURPOSE};
+use super::{secret_key, sign};
 use crate::config::DeliveryConfig;
 use crate::db::{now_millis, Db, StoreError};
-use crate::mail::policy::HostPolicy;
+use crate::outbound::policy::HostPolicy;
 use crate::secrets::SecretCipher;
+use crate::store::webhooks::{self as outbox, claim, record, CallResult, Due, Endpoint, SECRET_PURPOSE};
 
 /// Calls in flight at once.
 const CONCURRENCY: i64 = 8;
@@ -67,7 +68,7 @@ impl Sender {
         if due.is_empty() {
             return Ok(0);
         }
-        let endpoints = Arc::new(self.db.read(super::load).await?.endpoints);
+        let endpoints = Arc::new(self.db.read(outbox::load).await?.endpoints);
         let mut calls = JoinSet::new();
         for d in due {
             let (endpoints, cipher, policy, config) = (
@@ -108,7 +109,7 @@ async fn call(
         let (status, next) = if d.attempts >= MAX_ATTEMPTS {
             ("failed", at)
         } else {
-            let delay = crate::notifications::dispatcher::backoff(config, d.attempts.max(1) as u32);
+            let delay = config.backoff(d.attempts.max(1) as u32);
             ("pending", at + delay.as_millis() as i64)
         };
         tracing::info!(id = %d.id, endpoint = %d.endpoint_id, attempt = d.attempts, status_code, error = %error, outcome = status, "webhook call");

@@ -11,9 +11,9 @@ use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::db::millis_to_datetime;
 use crate::error::{ApiError, Problem};
-use crate::settings::store::{self, Stored};
 use crate::settings::{etag, if_match_header};
 use crate::state::AppState;
+use crate::store::settings::{self as store, Stored};
 use crate::validation::{check_email, Errors, Field, Object};
 
 #[derive(Debug, Serialize, ToSchema)]

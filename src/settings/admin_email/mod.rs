@@ -5,9 +5,9 @@ pub mod http;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::store;
 use crate::db::DbConnection;
 use crate::db::StoreError;
+use crate::store::settings as store;
 use crate::validation::Field;
 
 pub const KEY: &str = "admin_email";

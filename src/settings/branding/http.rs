@@ -9,9 +9,10 @@ use super::{Branding, BrandingInput, KEY};
 use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
-use crate::settings::store::{self, Stored};
+use crate::settings::templates::CatalogCache;
 use crate::settings::{etag, if_match_header};
 use crate::state::AppState;
+use crate::store::settings::{self as store, Stored};
 use crate::validation::Object;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -72,6 +73,7 @@ pub async fn get_branding(
 pub async fn put_branding(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
+    catalog: web::Data<CatalogCache>,
     req: HttpRequest,
     body: web::Json<Object<BrandingInput>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -86,6 +88,6 @@ pub async fn put_branding(
             })
         })
         .await?;
-    state.catalog.invalidate();
+    catalog.invalidate();
     Ok(respond(Some(&stored)))
 }

@@ -6,9 +6,9 @@ pub mod http;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::store;
 use crate::db::DbConnection;
 use crate::error::ApiError;
+use crate::store::settings as store;
 use crate::validation::{check_email, check_header_text, Errors, Field};
 
 pub const KEY: &str = "branding";

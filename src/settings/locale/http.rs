@@ -9,9 +9,10 @@ use super::{canonical, LocaleInput, LocaleSettings, BUILTIN_DEFAULT, KEY};
 use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
-use crate::settings::store::{self, Stored};
+use crate::settings::templates::CatalogCache;
 use crate::settings::{etag, if_match_header};
 use crate::state::AppState;
+use crate::store::settings::{self as store, Stored};
 use crate::validation::{Errors, Object};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -71,6 +72,7 @@ pub async fn get_locale(
 pub async fn put_locale(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
+    catalog: web::Data<CatalogCache>,
     req: HttpRequest,
     body: web::Json<Object<LocaleInput>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -98,6 +100,6 @@ pub async fn put_locale(
             })
         })
         .await?;
-    state.catalog.invalidate();
+    catalog.invalidate();
     Ok(respond(Some(&stored)))
 }

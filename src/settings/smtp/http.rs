@@ -12,9 +12,9 @@ use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::db::millis_to_datetime;
 use crate::error::{ApiError, Problem};
-use crate::settings::store::{self, Stored};
 use crate::settings::{etag, if_match_header};
 use crate::state::AppState;
+use crate::store::settings::{self as store, Stored};
 use crate::validation::{Errors, Object};
 
 /// SMTP settings as the API shows them: never the password, only whether one is stored.
@@ -161,7 +161,7 @@ pub async fn put_smtp(
             })?;
             // Mail deferred under the old settings is due at once under the new ones, and the
             // failures the old settings caused stop counting towards its attempt limit.
-            let due = crate::notifications::store::make_queued_due(conn, crate::db::now_millis(), true)?;
+            let due = (app.hooks.smtp_replaced)(conn, crate::db::now_millis())?;
             Ok::<_, ApiError>((stored, due))
         })
         .await?;

@@ -9,12 +9,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::store::{self, Stored};
 use crate::db::DbConnection;
 use crate::error::ApiError;
 use crate::mail::message::Sender;
 use crate::mail::SmtpTarget;
 use crate::secrets::SecretCipher;
+use crate::store::settings::{self as store, Stored};
 use crate::validation::{check_email, check_header_text, check_host, Errors, Field, Object, Whole};
 
 pub const KEY: &str = "smtp";
@@ -260,8 +260,8 @@ fn parse_host(field: &str, value: Field<String>, errors: &mut Errors) -> Option<
         .map(|h| h.trim().to_string());
     if let Some(h) = &host {
         if check_host(errors, field, h) {
-            let forbidden = crate::mail::policy::ip_literal(h)
-                .filter(|ip| crate::mail::policy::is_forbidden_address(*ip));
+            let forbidden = crate::outbound::policy::ip_literal(h)
+                .filter(|ip| crate::outbound::policy::is_forbidden_address(*ip));
             if let Some(ip) = forbidden {
                 errors.add(
                     field,

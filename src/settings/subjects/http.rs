@@ -10,9 +10,10 @@ use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
 use crate::events::{Recipient, Variable, EVENTS};
-use crate::settings::store::{self, Stored};
+use crate::settings::templates::CatalogCache;
 use crate::settings::{etag, if_match_header};
 use crate::state::AppState;
+use crate::store::settings::{self as store, Stored};
 use crate::validation::Object;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,10 +100,11 @@ pub async fn get_subjects(
 pub async fn put_subjects(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
+    catalog: web::Data<CatalogCache>,
     req: HttpRequest,
     body: web::Json<Object<SubjectsInput>>,
 ) -> Result<HttpResponse, ApiError> {
-    write(auth, state, req, body.into_inner().0, true).await
+    write(auth, state, catalog, req, body.into_inner().0, true).await
 }
 
 /// Change some subjects; `null` resets an event to its default.
@@ -129,15 +131,17 @@ pub async fn put_subjects(
 pub async fn patch_subjects(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
+    catalog: web::Data<CatalogCache>,
     req: HttpRequest,
     body: web::Json<Object<SubjectsInput>>,
 ) -> Result<HttpResponse, ApiError> {
-    write(auth, state, req, body.into_inner().0, false).await
+    write(auth, state, catalog, req, body.into_inner().0, false).await
 }
 
 async fn write(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
+    catalog: web::Data<CatalogCache>,
     req: HttpRequest,
     input: SubjectsInput,
     replace: bool,
@@ -159,7 +163,7 @@ async fn write(
             )
         })
         .await?;
-    state.catalog.invalidate();
+    catalog.invalidate();
     state.settings_changed();
     Ok(respond(Some(&stored)))
 }

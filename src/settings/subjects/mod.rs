@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::store;
 use crate::db::DbConnection;
 use crate::error::{ApiError, FieldError};
 use crate::events;
+use crate::store::settings as store;
 use crate::validation::{check_header_text, Errors, Field};
 
 pub const KEY: &str = "subjects";

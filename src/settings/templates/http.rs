@@ -15,8 +15,10 @@ use crate::db::{millis_to_datetime, now_millis, DbConnection};
 use crate::error::{ApiError, Problem};
 use crate::sandbox::Part;
 use crate::settings::subjects::{self, CustomSubjects};
-use crate::settings::{check_if_match, etag, if_match_header, locale, store};
+use crate::settings::templates::CatalogCache;
+use crate::settings::{check_if_match, etag, if_match_header, locale};
 use crate::state::AppState;
+use crate::store::settings as store;
 use crate::validation::{Errors, Object};
 
 /// Which parts a stored template sets.
@@ -318,6 +320,7 @@ fn write_entry(
 pub async fn put_template(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
+    cache: web::Data<CatalogCache>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     body: web::Json<Object<TemplateInput>>,
@@ -345,7 +348,7 @@ pub async fn put_template(
         .db
         .write(move |conn| write_entry(conn, target, &tag, Some(parts), if_match.as_deref(), &actor))
         .await?;
-    state.catalog.invalidate();
+    cache.invalidate();
     tracing::info!(actor = %auth.sub(), event = target.name(), %locale, "template saved");
     Ok(respond(&catalog, target, &locale))
 }
@@ -372,6 +375,7 @@ pub async fn put_template(
 pub async fn delete_template(
     auth: Authorized<SettingsWrite>,
     state: web::Data<AppState>,
+    catalog: web::Data<CatalogCache>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -382,6 +386,6 @@ pub async fn delete_template(
         .db
         .write(move |conn| write_entry(conn, target, &locale, None, if_match.as_deref(), &actor))
         .await?;
-    state.catalog.invalidate();
+    catalog.invalidate();
     Ok(HttpResponse::NoContent().finish())
 }

@@ -14,13 +14,13 @@ use utoipa::ToSchema;
 
 use super::branding::{self, Branding};
 use super::locale;
-use super::store::{self, Stored};
 use super::subjects::{self, CustomSubjects};
 use crate::db::DbConnection;
 use crate::db::StoreError;
 use crate::error::FieldError;
 use crate::events::{self, Event, MAX_VALUE_CHARS};
 use crate::sandbox::{self, Part, Refusal};
+use crate::store::settings::{self as store, Stored};
 use crate::validation::{check_header_text, Errors, Field};
 
 pub const KEY: &str = "templates";
@@ -259,6 +259,18 @@ impl CatalogCache {
                 None
             }
         }
+    }
+
+    /// The catalog: from memory while it is fresh, else checked against the database (which a
+    /// request for every notification would otherwise pay).
+    pub async fn current(
+        cache: std::sync::Arc<Self>,
+        db: &crate::db::Db,
+    ) -> Result<std::sync::Arc<Catalog>, StoreError> {
+        if let Some(catalog) = cache.fresh() {
+            return Ok(catalog);
+        }
+        db.read(move |conn| cache.get(conn)).await
     }
 
     /// The catalog, read again only when one of its documents changed.

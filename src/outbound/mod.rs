@@ -5,7 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::mail::policy::{is_forbidden_address, resolve_checked, HostPolicy, HostRefused};
+pub mod policy;
+
+use policy::{is_forbidden_address, resolve_checked, HostPolicy, HostRefused};
 
 /// Checks `url` without resolving it: scheme, credentials, allow-list and literal addresses.
 pub fn check_url(policy: &HostPolicy, url: &str) -> Result<(url::Url, String, u16), String> {

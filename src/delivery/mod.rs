@@ -1,5 +1,7 @@
-//! The dispatcher: claims due notifications in batches, sends them over pooled SMTP connections
+//! Delivery: the dispatcher claims due notifications in batches, sends them over pooled SMTP connections
 //! outside any transaction, and records the outcomes.
+
+pub mod wakeup;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -7,28 +9,24 @@ use std::time::{Duration, Instant};
 use std::collections::{HashMap, VecDeque};
 
 use lettre::transport::smtp::client::TlsParameters;
-use rand::Rng;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
+
+use crate::state::Signals;
 use tokio::task::JoinSet;
 
-use super::routing::{not_deliverable_reason, Deliverability, NO_ADMIN_EMAIL};
-use super::store::{self, Claimed, Outcome, Recorded};
 use crate::config::DeliveryConfig;
 use crate::db::StoreError;
 use crate::db::{now_millis, Db};
 use crate::mail::message::{self, Content, Sender};
 use crate::mail::transport::{resolve_checked, ConnectError, Session};
 use crate::mail::{redact, MailContext, SmtpTarget};
+use crate::notifications::routing::{not_deliverable_reason, Deliverability, NO_ADMIN_EMAIL};
 use crate::secrets::SecretCipher;
 use crate::settings::{admin_email, smtp};
+use crate::store::queue::housekeeping::{self, Requeue};
+use crate::store::queue::outcomes::{self, Outcome, Recorded};
+use crate::store::queue::{self, Claimed};
 use lettre::transport::smtp::extension::Extension;
-
-/// Wakes the dispatcher: a new notification, or changed settings.
-#[derive(Default)]
-pub struct Signals {
-    pub work: Notify,
-    pub settings: Notify,
-}
 
 /// Where and as whom to send, for one version of the SMTP settings, with its open connections.
 struct Route {
@@ -75,16 +73,6 @@ impl DbTrouble {
             .unwrap_or_else(|p| p.into_inner())
             .is_none_or(|at| at.elapsed() >= period)
     }
-}
-
-/// Exponential backoff with equal jitter: half the delay fixed, half random.
-pub fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
-    let exp = config
-        .retry_base
-        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-        .min(config.retry_max);
-    let half = exp / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
 }
 
 /// A notification being sent by one of the dispatcher's slots.
@@ -150,7 +138,7 @@ impl Dispatcher {
         tracing::info!(owner = %self.owner, concurrency = self.config.concurrency, lease = ?self.config.lease, "dispatcher started");
         if let Some(url) = self.db.postgres_url() {
             let signals = self.signals.clone();
-            super::wakeup::listen(
+            wakeup::listen(
                 url.to_string(),
                 move || signals.work.notify_one(),
                 shutdown.clone(),
@@ -357,7 +345,7 @@ impl Dispatcher {
                 code: None,
                 reply: "internal error while sending".into(),
                 next_attempt_at: attempted_at
-                    + backoff(&self.config, info.attempt_count.max(1) as u32).as_millis() as i64,
+                    + self.config.backoff(info.attempt_count.max(1) as u32).as_millis() as i64,
             }
         };
         let _ = outcomes.send(Recorded {
@@ -376,7 +364,7 @@ impl Dispatcher {
         let owner = self.owner.clone();
         if let Err(e) = self
             .db
-            .write(move |conn| store::renew(conn, &owner, now, lease_until).map_err(StoreError::from))
+            .write(move |conn| queue::renew(conn, &owner, now, lease_until).map_err(StoreError::from))
             .await
         {
             self.trouble.seen();
@@ -418,13 +406,13 @@ impl Dispatcher {
             suppressed: Default::default(),
         };
         let now = now_millis();
-        let requeue = store::Requeue {
+        let requeue = Requeue {
             owner: self.owner.clone(),
             reachable_for_a_lease: self.trouble.clear_for(self.config.lease),
             lease_ms: self.config.lease.as_millis() as i64,
         };
         let queued = db
-            .write(move |conn| store::maintain(conn, now, &d, &requeue))
+            .write(move |conn| housekeeping::maintain(conn, now, d.routing(), &requeue))
             .await?;
         if queued > 0 {
             tracing::info!(queued, "notifications released for delivery");
@@ -454,7 +442,7 @@ impl Dispatcher {
 
     async fn build_route(
         &self,
-        stored: &crate::settings::store::Stored<smtp::SmtpSettings>,
+        stored: &crate::store::settings::Stored<smtp::SmtpSettings>,
     ) -> Result<Route, String> {
         let settings = &stored.value;
         let sender = settings.sender().ok_or("no default From address is configured")?;
@@ -506,7 +494,7 @@ impl Claimer {
         let owner = self.owner;
         self.db
             .write(move |conn| {
-                store::claim(conn, &owner, now, lease_until, limit as i64, settings_version)
+                queue::claim(conn, &owner, now, lease_until, limit as i64, settings_version)
                     .map_err(StoreError::from)
             })
             .await
@@ -692,7 +680,7 @@ async fn record_outcomes(
         let batch = Arc::new(std::mem::take(&mut pending));
         let (owner2, to_write) = (owner.clone(), batch.clone());
         let result = db
-            .write(move |conn| store::record(conn, &owner2, &to_write))
+            .write(move |conn| outcomes::record(conn, &owner2, &to_write))
             .await;
         if let Err(e) = result {
             trouble.seen();
@@ -807,7 +795,7 @@ impl Route {
                         suppress: false,
                     }
                 } else {
-                    let delay = backoff(&self.config, attempts);
+                    let delay = self.config.backoff(attempts);
                     Outcome::Deferred {
                         code,
                         reply,
@@ -1023,7 +1011,7 @@ mod tests {
         let c = config(120, 8 * 3600);
         for attempt in 1..=12u32 {
             let full = Duration::from_secs(120 * 2u64.pow(attempt - 1)).min(c.retry_max);
-            let d = backoff(&c, attempt);
+            let d = c.backoff(attempt);
             assert!(
                 d >= full / 2 && d <= full,
                 "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
@@ -1032,7 +1020,7 @@ mod tests {
         }
         // Ten attempts with the defaults span roughly a day, whatever the jitter draws.
         for _ in 0..20 {
-            let total: Duration = (1..10u32).map(|a| backoff(&c, a)).sum();
+            let total: Duration = (1..10u32).map(|a| c.backoff(a)).sum();
             assert!(
                 total > Duration::from_secs(8 * 3600) && total < Duration::from_secs(30 * 3600),
                 "{total:?}"
