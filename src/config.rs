@@ -535,6 +535,42 @@ fn check_origin(origin: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    fn config(base: u64, max: u64) -> DeliveryConfig {
+        DeliveryConfig {
+            enabled: true,
+            concurrency: 1,
+            max_attempts: 10,
+            retry_base: Duration::from_secs(base),
+            retry_max: Duration::from_secs(max),
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            batch_size: 10,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_stops_at_the_maximum() {
+        let c = config(120, 8 * 3600);
+        for attempt in 1..=12u32 {
+            let full = Duration::from_secs(120 * 2u64.pow(attempt - 1)).min(c.retry_max);
+            let d = c.backoff(attempt);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
+        }
+        // Ten attempts with the defaults span roughly a day, whatever the jitter draws.
+        for _ in 0..20 {
+            let total: Duration = (1..10u32).map(|a| c.backoff(a)).sum();
+            assert!(
+                total > Duration::from_secs(8 * 3600) && total < Duration::from_secs(30 * 3600),
+                "{total:?}"
+            );
+        }
+    }
+
     fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()

@@ -4,9 +4,9 @@
 pub mod message;
 pub mod oauth;
 pub mod probe;
-pub mod transport;
+pub mod smtp;
 
-pub use transport::{MailContext, Security, SmtpTarget};
+pub use smtp::{MailContext, Security, SmtpTarget};
 
 /// Replaces every secret in `text` (a server reply or an error) with `[redacted]`; a server may
 /// echo what it was sent.
@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn an_echoed_access_token_is_redacted_in_every_form_it_is_sent() {
         let token = secrecy::SecretString::from("ya29.secret-token".to_string());
-        let forms = super::transport::token_forms("ada@example.com", &token);
+        let forms = super::smtp::xoauth2::token_forms("ada@example.com", &token);
         let echoed = format!(
             "535 you sent {} which is {} with {}",
             forms[0], forms[1], forms[3]

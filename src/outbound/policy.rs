@@ -137,3 +137,76 @@ pub async fn resolve_checked(
     }
     Ok(Ok(addrs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_and_link_local_addresses_are_forbidden_but_local_relays_are_not() {
+        for bad in [
+            "169.254.169.254",
+            "169.254.1.1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "::169.254.169.254",
+            "2002:a9fe:a9fe::1",
+            "::ffff:0:a9fe:a9fe",
+            "100.100.100.200",
+            "::ffff:100.100.100.200",
+            "2001:0:a9fe:a9fe::1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "::ffff:0.0.0.0",
+            "255.255.255.255",
+        ] {
+            assert!(is_forbidden_address(bad.parse().unwrap()), "{bad}");
+        }
+        for ok in [
+            "127.0.0.1",
+            "10.0.0.5",
+            "192.168.1.10",
+            "::1",
+            "fd00::1",
+            "203.0.113.7",
+        ] {
+            assert!(!is_forbidden_address(ok.parse().unwrap()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn every_spelling_the_resolver_takes_for_a_literal_is_read_as_that_address() {
+        for spelling in [
+            "169.254.169.254",
+            "2852039166",
+            "0xa9fea9fe",
+            "0XA9FEA9FE",
+            "0251.0376.0251.0376",
+            "169.254.43518",
+            "169.16689662",
+            "0xa9.0xfe.0xa9.0xfe",
+            "[::ffff:169.254.169.254]",
+            "::ffff:a9fe:a9fe",
+            "169.254.169.254.",
+        ] {
+            let ip = ip_literal(spelling).unwrap_or_else(|| panic!("{spelling}"));
+            assert!(is_forbidden_address(ip), "{spelling} -> {ip}");
+        }
+        assert_eq!(ip_literal("0"), Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(ip_literal("127.1"), Some("127.0.0.1".parse().unwrap()));
+        for name in [
+            "smtp.example.com",
+            "localhost",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "0x1g",
+            "mail-1",
+        ] {
+            assert_eq!(ip_literal(name), None, "{name}");
+        }
+    }
+}

@@ -326,7 +326,7 @@ impl OAuth2Draft {
             .map_err(|e| ApiError::field(field, "host_not_allowed", format!("{field}: {e}")))?;
         if let Ok(Ok(Err(refused))) = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            crate::mail::transport::resolve_checked(ctx, &host, port),
+            crate::outbound::policy::resolve_checked(&ctx.policy, &host, port),
         )
         .await
         {
