@@ -439,14 +439,16 @@ impl Dispatcher {
         stored: &crate::store::settings::Stored<smtp::SmtpSettings>,
     ) -> Result<Route, String> {
         let settings = &stored.value;
-        let sender = settings.sender().ok_or("no default From address is configured")?;
-        let password = settings
+        let connection = settings
             .unseal_password(&self.cipher)
+            .and_then(|password| settings.connection(password, &self.cipher))
             .map_err(|e| format!("{e:#}"))?;
-        let oauth = settings
-            .token_source(&self.cipher)
-            .map_err(|e| format!("{e:#}"))?;
-        let target = settings.target(password, oauth);
+        let smtp::Connection {
+            target,
+            sender,
+            redact,
+        } = connection;
+        let sender = sender.ok_or("no default From address is configured")?;
         // A DNS failure may be temporary: keep trying to send; each attempt reports it.
         if let Ok(Err(refused)) =
             crate::outbound::policy::resolve_checked(&self.mail.policy, &target.host, target.port).await
@@ -459,7 +461,7 @@ impl Dispatcher {
         Ok(Route {
             version: stored.version,
             tls,
-            redact: target.secret_forms(),
+            redact,
             target,
             sender,
             idle: Mutex::new(Vec::new()),

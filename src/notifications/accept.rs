@@ -5,20 +5,19 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
-use validator::ValidateUrl;
 
-use super::render::{self, Rendered};
 use crate::db::StoreError;
 use crate::db::{millis_to_datetime, DbConnection};
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, Event, Recipient};
+pub use crate::settings::templates::data::{check_data, TemplateData};
+use crate::settings::templates::render::{self, Rendered};
 use crate::settings::templates::Catalog;
 use crate::store::notifications::{self as store, BodyRow, NewNotification, NotificationRow, Status};
 use crate::validation::{check_email, check_header_text, Errors, Field};
 
 /// Longest lifetime a caller may ask for.
 const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
-use crate::events::MAX_VALUE_CHARS;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// `POST /notifications` body (and each item of a batch).
@@ -57,28 +56,6 @@ pub struct NotificationRequest {
     #[schema(value_type = Option<String>)]
     pub idempotency_key: Field<String>,
 }
-
-/// The variables of an event (`GET /events` lists them): each a string, number or boolean.
-pub struct TemplateData;
-
-impl utoipa::PartialSchema for TemplateData {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-        let value = OneOfBuilder::new()
-            .item(ObjectBuilder::new().schema_type(Type::String))
-            .item(ObjectBuilder::new().schema_type(Type::Number))
-            .item(ObjectBuilder::new().schema_type(Type::Boolean));
-        ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .description(Some(
-                "Template variables of the event (`GET /events` lists them): strings, numbers or booleans.",
-            ))
-            .additional_properties(Some(Schema::OneOf(value.build())))
-            .into()
-    }
-}
-
-impl ToSchema for TemplateData {}
 
 /// A validated request.
 #[derive(Debug)]
@@ -147,76 +124,6 @@ fn canonical(value: &serde_json::Value) -> serde_json::Value {
             serde_json::to_value(sorted).unwrap_or_default()
         }
         other => other.clone(),
-    }
-}
-
-fn is_http_url(s: &str) -> bool {
-    (s.starts_with("https://") || s.starts_with("http://")) && s.validate_url()
-}
-
-/// Checks an event's data: only its variables, scalar values within length, URLs and addresses
-/// where the name says so, and every required variable present.
-pub fn check_data(
-    errors: &mut Errors,
-    data_field: &str,
-    event: &Event,
-    data: &serde_json::Map<String, serde_json::Value>,
-) {
-    let mut keys: Vec<_> = data.keys().cloned().collect();
-    keys.sort();
-    for key in keys {
-        let field = format!("{data_field}.{key}");
-        if !event.has_variable(&key) {
-            let allowed: Vec<&str> = event.all_variables().map(|v| v.name).collect();
-            errors.add(
-                &field,
-                "unknown_variable",
-                format!(
-                    "{} has no variable {key}; it accepts: {}",
-                    event.name,
-                    allowed.join(", ")
-                ),
-            );
-            continue;
-        }
-        match &data[&key] {
-            serde_json::Value::String(s) => {
-                if s.chars().count() > MAX_VALUE_CHARS {
-                    errors.add(
-                        &field,
-                        "too_long",
-                        format!("{field} must be at most {MAX_VALUE_CHARS} characters"),
-                    );
-                } else if key.ends_with("_url") && !is_http_url(s) {
-                    errors.add(
-                        &field,
-                        "invalid_url",
-                        format!("{field} must be an http:// or https:// URL"),
-                    );
-                } else if key.ends_with("_email") {
-                    check_email(errors, &field, s);
-                }
-            }
-            serde_json::Value::Number(_) | serde_json::Value::Bool(_)
-                if !key.ends_with("_url") && !key.ends_with("_email") => {}
-            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-                errors.add(&field, "invalid_type", format!("{field} must be a string"));
-            }
-            _ => errors.add(
-                &field,
-                "not_scalar",
-                format!("{field} must be a string, number or boolean"),
-            ),
-        }
-    }
-    for var in event.variables.iter().filter(|v| v.required) {
-        if !data.contains_key(var.name) {
-            errors.add(
-                format!("{data_field}.{}", var.name),
-                "required",
-                format!("{} requires {}", event.name, var.name),
-            );
-        }
     }
 }
 

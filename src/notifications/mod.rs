@@ -3,6 +3,4 @@
 pub mod accept;
 pub mod http;
 pub mod intake;
-pub mod preview;
-pub mod render;
 pub mod routing;

@@ -6,9 +6,9 @@ pub mod audit;
 pub mod branding;
 pub mod locale;
 pub mod smtp;
-pub mod smtp_test;
 pub mod subjects;
 pub mod templates;
+pub mod webhooks;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;

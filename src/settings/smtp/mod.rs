@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod oauth;
+pub mod probe;
 
 use self::oauth::{AuthKind, OAuth2Draft, OAuth2Input, OAuth2Settings};
 
@@ -43,6 +44,14 @@ pub struct SmtpSettings {
     pub auth: AuthKind,
     #[serde(default)]
     pub oauth2: Option<OAuth2Settings>,
+}
+
+/// Settings turned into what opens a session ([`SmtpSettings::connection`]).
+pub struct Connection {
+    pub target: SmtpTarget,
+    pub sender: Option<Sender>,
+    /// The password's forms on the wire, to redact from replies and errors.
+    pub redact: Vec<String>,
 }
 
 impl SmtpSettings {
@@ -92,6 +101,22 @@ impl SmtpSettings {
             self.from_name.as_deref(),
             self.reply_to.as_deref(),
         )
+    }
+
+    /// What a session needs from these settings, for delivery and the test alike: the target
+    /// (with `password`, the saved one or a draft's, and the OAuth secrets unsealed), the From
+    /// identity if one is set, and every form of the secrets to scrub from what a server says.
+    pub fn connection(
+        &self,
+        password: Option<SecretString>,
+        cipher: &SecretCipher,
+    ) -> anyhow::Result<Connection> {
+        let target = self.target(password, self.token_source(cipher)?);
+        Ok(Connection {
+            redact: target.secret_forms(),
+            sender: self.sender(),
+            target,
+        })
     }
 
     /// Whether the stored password may be used with `draft`: only for the same server, account and

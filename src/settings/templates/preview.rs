@@ -1,19 +1,18 @@
 //! `POST /settings/templates/preview`: renders a notification exactly as accepting it would,
-//! without storing or sending it. Lives with notifications because it is their rendering.
+//! without storing or sending it.
 
 use actix_web::{post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::accept::check_data;
+use super::data::check_data;
 use super::render::{self, Rendered};
+use super::{Catalog, CatalogCache, Target, TemplateInput};
 use crate::auth::scope::SettingsRead;
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
 use crate::events;
 use crate::settings::locale;
-use crate::settings::templates::CatalogCache;
-use crate::settings::templates::{Catalog, Target, TemplateInput};
 use crate::state::AppState;
 use crate::validation::{Errors, Field, Object};
 
@@ -30,7 +29,7 @@ pub struct PreviewRequest {
     pub locale: Field<String>,
     /// The event's variables, as in `POST /notifications`. Default: the event's example values.
     #[serde(default)]
-    #[schema(value_type = Option<super::accept::TemplateData>)]
+    #[schema(value_type = Option<super::data::TemplateData>)]
     pub data: Field<serde_json::Map<String, serde_json::Value>>,
     /// An unsaved draft for this event and locale, checked like a PUT and used in place of what is
     /// stored for exactly them.

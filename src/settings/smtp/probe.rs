@@ -4,11 +4,11 @@ use actix_web::{post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::smtp::{self, SmtpSettingsInput};
 use crate::auth::scope::SmtpTest;
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
 use crate::mail::probe::{self, ProbeRequest, TestReport};
+use crate::settings::smtp::{self, SmtpSettingsInput};
 use crate::state::AppState;
 use crate::store::settings as store;
 use crate::validation::{check_email, Errors, Field, Object};
@@ -119,7 +119,11 @@ pub async fn test_smtp(
             (s, password)
         }
     };
-    let sender = settings.sender();
+    let smtp::Connection {
+        target,
+        sender,
+        redact,
+    } = settings.connection(password, &state.cipher)?;
     if to.is_some() && sender.is_none() {
         let field = if draft.is_some() {
             "settings.from_address"
@@ -136,8 +140,6 @@ pub async fn test_smtp(
         return Err(ApiError::TooManyRequests { retry_after });
     }
 
-    let target = settings.target(password, settings.token_source(&state.cipher)?);
-    let redact = target.secret_forms();
     let to_address = to
         .as_deref()
         .map(str::parse)
