@@ -40,13 +40,13 @@ pub fn api(cfg: &mut ServiceConfig) {
         .service(crate::suppressions::http::delete_suppression)
         .service(crate::metrics::http::get_metrics)
         // `stats` before `{id}`: actix matches in registration order.
-        .service(notifications::http::stats)
-        .service(notifications::http::flush_queue)
+        .service(notifications::queue::stats)
+        .service(notifications::queue::flush_queue)
         .service(notifications::http::post_notification)
-        .service(notifications::http::post_batch)
-        .service(notifications::http::list_notifications)
-        .service(notifications::http::get_notification)
-        .service(notifications::http::retry_notification);
+        .service(notifications::batch::post_batch)
+        .service(notifications::views::list_notifications)
+        .service(notifications::views::get_notification)
+        .service(notifications::queue::retry_notification);
 }
 
 /// Known paths and their methods, taken from the OpenAPI document, to tell 404 from 405.

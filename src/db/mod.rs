@@ -376,6 +376,19 @@ pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))
 }
 
+/// Runs the same statement on whichever backend `conn` holds: diesel's multi-row inserts and
+/// raw SQL with backend-specific binds do not go through the `MultiConnection` enum, so the
+/// statement is written once here and compiled for each backend.
+macro_rules! per_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Sqlite($c) => $body,
+            $crate::db::DbConnection::Postgres($c) => $body,
+        }
+    };
+}
+pub(crate) use per_backend;
+
 /// Milliseconds since the Unix epoch: the one time representation stored in every table.
 /// The PostgreSQL channel on which new and newly due notifications are announced, so that every
 /// instance's dispatcher wakes at once instead of at its next poll.

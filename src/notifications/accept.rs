@@ -127,6 +127,29 @@ fn canonical(value: &serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// `expires_at` in milliseconds: in the future, at most 30 days ahead.
+fn expiry(errors: &mut Errors, field: &str, value: Field<DateTime<Utc>>, now: i64) -> Option<i64> {
+    let ms = errors
+        .optional(field, value, "an RFC 3339 date-time")?
+        .timestamp_millis();
+    if ms <= now {
+        errors.add(field, "in_past", format!("{field} must be in the future"));
+    } else if ms - now > MAX_TTL_SECONDS * 1000 {
+        errors.add(field, "too_far", format!("{field} must be within 30 days"));
+    }
+    Some(ms)
+}
+
+fn check_idempotency_key(errors: &mut Errors, field: &str, key: &str) {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+        errors.add(
+            field,
+            "invalid_idempotency_key",
+            format!("the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"),
+        );
+    }
+}
+
 /// Validates one request; field names are prefixed with `prefix` (batch items: `notifications[3].`).
 pub fn validate(
     req: NotificationRequest,
@@ -179,26 +202,7 @@ pub fn validate(
         check_data(&mut errors, &data_field, event, &data);
     }
 
-    let expires_at = match errors.optional(&f("expires_at"), req.expires_at, "an RFC 3339 date-time") {
-        Some(at) => {
-            let ms = at.timestamp_millis();
-            if ms <= now {
-                errors.add(
-                    f("expires_at"),
-                    "in_past",
-                    format!("{} must be in the future", f("expires_at")),
-                );
-            } else if ms - now > MAX_TTL_SECONDS * 1000 {
-                errors.add(
-                    f("expires_at"),
-                    "too_far",
-                    format!("{} must be within 30 days", f("expires_at")),
-                );
-            }
-            Some(ms)
-        }
-        None => None,
-    };
+    let expires_at = expiry(&mut errors, &f("expires_at"), req.expires_at, now);
     let requested_locale = errors.optional(&f("locale"), req.locale, "a string");
     let locale = requested_locale
         .as_deref()
@@ -213,13 +217,7 @@ pub fn validate(
     let body_key = errors.optional(&f("idempotency_key"), req.idempotency_key, "a string");
     let idempotency_key = header_key.map(str::to_string).or(body_key);
     if let Some(key) = &idempotency_key {
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
-            errors.add(
-                f("idempotency_key"),
-                "invalid_idempotency_key",
-                format!("the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"),
-            );
-        }
+        check_idempotency_key(&mut errors, &f("idempotency_key"), key);
     }
     if !errors.is_empty() {
         return Err(match errors.finish() {

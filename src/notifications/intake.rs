@@ -154,16 +154,13 @@ fn commit(
         if !suppressed.is_empty() {
             let hooks = crate::store::webhooks::load(conn)?;
             for a in suppressed {
-                let data = crate::store::webhooks::NotificationData {
-                    id: &a.id,
-                    event: &a.event,
-                    to: a.to.as_deref(),
-                    status: a.status.as_str(),
-                    status_reason: a.status_reason.as_deref(),
-                    smtp_code: None,
-                    smtp_reply: None,
-                    attempt: None,
-                };
+                let data = crate::store::webhooks::NotificationData::change(
+                    &a.id,
+                    &a.event,
+                    a.to.as_deref(),
+                    a.status,
+                    a.status_reason.as_deref(),
+                );
                 crate::store::webhooks::enqueue(
                     conn,
                     &hooks,

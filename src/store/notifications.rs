@@ -26,6 +26,9 @@ pub enum Status {
     Suppressed,
 }
 
+/// The reason of a notification that expired before it could be delivered.
+pub const EXPIRED: &str = "expired before it could be delivered";
+
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -127,24 +130,14 @@ pub fn insert_many(conn: &mut DbConnection, items: &[NewNotification]) -> Result
     for chunk in items.chunks(400) {
         let rows: Vec<&NotificationRow> = chunk.iter().map(|n| &n.row).collect();
         let bodies: Vec<&BodyRow> = chunk.iter().map(|n| &n.body).collect();
-        match conn {
-            DbConnection::Sqlite(c) => {
-                diesel::insert_into(notifications::table)
-                    .values(rows)
-                    .execute(c)?;
-                diesel::insert_into(notification_bodies::table)
-                    .values(bodies)
-                    .execute(c)?
-            }
-            DbConnection::Postgres(c) => {
-                diesel::insert_into(notifications::table)
-                    .values(rows)
-                    .execute(c)?;
-                diesel::insert_into(notification_bodies::table)
-                    .values(bodies)
-                    .execute(c)?
-            }
-        };
+        crate::db::per_backend!(conn, |c| {
+            diesel::insert_into(notifications::table)
+                .values(rows)
+                .execute(c)?;
+            diesel::insert_into(notification_bodies::table)
+                .values(bodies)
+                .execute(c)?
+        });
     }
     Ok(())
 }

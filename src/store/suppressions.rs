@@ -44,16 +44,10 @@ pub fn add(
         suppressions::notification_id.eq(notification_id),
         suppressions::created_at.eq(now),
     );
-    let n = match conn {
-        DbConnection::Sqlite(c) => diesel::insert_into(suppressions::table)
-            .values(row)
-            .on_conflict_do_nothing()
-            .execute(c)?,
-        DbConnection::Postgres(c) => diesel::insert_into(suppressions::table)
-            .values(row)
-            .on_conflict_do_nothing()
-            .execute(c)?,
-    };
+    let n = crate::db::per_backend!(conn, |c| diesel::insert_into(suppressions::table)
+        .values(row)
+        .on_conflict_do_nothing()
+        .execute(c)?);
     Ok(n > 0)
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::db::schema::webhook_deliveries;
 use crate::db::DbConnection;
 use crate::db::StoreError;
+use crate::store::notifications::Status;
 use crate::store::settings as store;
 
 pub const KEY: &str = "webhooks";
@@ -54,6 +55,37 @@ pub struct NotificationData<'a> {
     pub smtp_code: Option<u16>,
     pub smtp_reply: Option<&'a str>,
     pub attempt: Option<i32>,
+}
+
+impl<'a> NotificationData<'a> {
+    /// A notification's new status, as every webhook about it says it.
+    pub fn change(
+        id: &'a str,
+        event: &'a str,
+        to: Option<&'a str>,
+        status: Status,
+        status_reason: Option<&'a str>,
+    ) -> Self {
+        Self {
+            id,
+            event,
+            to,
+            status: status.as_str(),
+            status_reason,
+            smtp_code: None,
+            smtp_reply: None,
+            attempt: None,
+        }
+    }
+
+    /// With the server's reply to the attempt that caused it (an empty reply is none).
+    pub fn with_reply(self, code: Option<u16>, reply: &'a str) -> Self {
+        Self {
+            smtp_code: code,
+            smtp_reply: (!reply.is_empty()).then_some(reply),
+            ..self
+        }
+    }
 }
 
 /// Writes one call per enabled endpoint subscribed to `event_type` (in the caller's transaction).

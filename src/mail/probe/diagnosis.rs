@@ -128,29 +128,30 @@ pub fn explain(f: &Failure, seen: &Seen<'_>) -> Explained {
                 None,
             ),
         ),
-        (FailureKind::Smtp(e), _) => {
-            let record = Some((error_chain(e), code));
-            let err = match step {
-                Step::Ehlo => smtp_error(seen, step, e, "connection_refused", "EHLO"),
-                Step::Starttls if e.status().is_some() => smtp_error(seen, step, e, "tls_failed", "STARTTLS"),
-                Step::Starttls => tls_error(t, step, &error_chain(e)),
-                Step::MailFrom => {
-                    let what = format!("MAIL FROM:<{}>", seen.from.as_deref().unwrap_or(""));
-                    let mut err = smtp_error(seen, step, e, "sender_rejected", &what);
-                    if err.code == "sender_rejected" {
-                        err.hint = Some("the server may only accept senders the account owns: set from_address to an address of the SMTP account".into());
-                    }
-                    err
-                }
-                Step::RcptTo => {
-                    let what = format!("RCPT TO:<{}>", seen.to.as_deref().unwrap_or(""));
-                    smtp_error(seen, step, e, "recipient_rejected", &what)
-                }
-                Step::Data => smtp_error(seen, step, e, "message_rejected", "DATA"),
-                _ => smtp_error(seen, step, e, "connection_refused", step.name()),
-            };
-            (record, err)
+        (FailureKind::Smtp(e), _) => (Some((error_chain(e), code)), refused_command(seen, step, e)),
+    }
+}
+
+/// A command the server refused, or during which the connection or TLS failed.
+fn refused_command(seen: &Seen<'_>, step: Step, e: &lettre::transport::smtp::Error) -> TestError {
+    match step {
+        Step::Ehlo => smtp_error(seen, step, e, "connection_refused", "EHLO"),
+        Step::Starttls if e.status().is_some() => smtp_error(seen, step, e, "tls_failed", "STARTTLS"),
+        Step::Starttls => tls_error(seen.target, step, &error_chain(e)),
+        Step::MailFrom => {
+            let what = format!("MAIL FROM:<{}>", seen.from.as_deref().unwrap_or(""));
+            let mut err = smtp_error(seen, step, e, "sender_rejected", &what);
+            if err.code == "sender_rejected" {
+                err.hint = Some("the server may only accept senders the account owns: set from_address to an address of the SMTP account".into());
+            }
+            err
         }
+        Step::RcptTo => {
+            let what = format!("RCPT TO:<{}>", seen.to.as_deref().unwrap_or(""));
+            smtp_error(seen, step, e, "recipient_rejected", &what)
+        }
+        Step::Data => smtp_error(seen, step, e, "message_rejected", "DATA"),
+        _ => smtp_error(seen, step, e, "connection_refused", step.name()),
     }
 }
 

@@ -299,25 +299,66 @@ fn parse_host(field: &str, value: Field<String>, errors: &mut Errors) -> Option<
     host
 }
 
+/// `security`: one of none, starttls, tls.
+fn parse_security(field: &str, value: Field<String>, errors: &mut Errors) -> Option<Security> {
+    let s = errors.optional(field, value, "a string")?;
+    let parsed = Security::parse(&s);
+    if parsed.is_none() {
+        errors.add(
+            field,
+            "invalid_choice",
+            format!("{field} must be one of none, starttls, tls"),
+        );
+    }
+    parsed
+}
+
+/// `password`: absent or empty keeps the saved one, null removes it. The value itself is never
+/// echoed in a message.
+fn parse_password(field: &str, value: Field<String>, errors: &mut Errors) -> PasswordChange {
+    match value {
+        Field::Missing => PasswordChange::Keep,
+        Field::Null => PasswordChange::Remove,
+        Field::Value(p) if p.is_empty() => PasswordChange::Keep,
+        Field::Value(p) => {
+            if p.contains('\0') || p.len() > 1024 {
+                errors.add(
+                    field,
+                    "invalid_password",
+                    format!("{field} must be at most 1024 bytes without NUL characters"),
+                );
+            }
+            PasswordChange::Set(SecretString::from(p))
+        }
+        Field::Invalid => {
+            errors.add(field, "invalid_type", format!("{field} must be a string"));
+            PasswordChange::Keep
+        }
+    }
+}
+
+/// `timeout_seconds`: 1 to 120, by default [`DEFAULT_TIMEOUT_SECONDS`].
+fn parse_timeout(field: &str, value: Field<Whole>, errors: &mut Errors) -> u32 {
+    match errors.optional(field, value, "an integer").map(|w| w.0) {
+        Some(t) if (1..=120).contains(&t) => t as u32,
+        Some(_) => {
+            errors.add(
+                field,
+                "out_of_range",
+                format!("{field} must be between 1 and 120"),
+            );
+            DEFAULT_TIMEOUT_SECONDS
+        }
+        None => DEFAULT_TIMEOUT_SECONDS,
+    }
+}
+
 impl SmtpSettingsInput {
     /// Validates every field, reporting each failure with its name (prefixed with `prefix`).
     pub fn parse(self, prefix: &str, errors: &mut Errors) -> Option<SmtpDraft> {
         let f = |name: &str| format!("{prefix}{name}");
         let host = parse_host(&f("host"), self.host, errors);
-        let security = match errors.optional(&f("security"), self.security, "a string") {
-            Some(s) => {
-                let parsed = Security::parse(&s);
-                if parsed.is_none() {
-                    errors.add(
-                        f("security"),
-                        "invalid_choice",
-                        format!("{} must be one of none, starttls, tls", f("security")),
-                    );
-                }
-                parsed
-            }
-            None => None,
-        };
+        let security = parse_security(&f("security"), self.security, errors);
         let port = match errors.optional(&f("port"), self.port, "an integer").map(|w| w.0) {
             Some(p) if (1..=65535).contains(&p) => Some(p as u16),
             Some(_) => {
@@ -341,33 +382,7 @@ impl SmtpSettingsInput {
         if let Some(u) = &username {
             check_header_text(errors, &f("username"), u, 256);
         }
-        let password = match self.password {
-            Field::Missing => PasswordChange::Keep,
-            Field::Null => PasswordChange::Remove,
-            Field::Value(p) if p.is_empty() => PasswordChange::Keep,
-            Field::Value(p) => {
-                if p.contains('\0') || p.len() > 1024 {
-                    errors.add(
-                        f("password"),
-                        "invalid_password",
-                        format!(
-                            "{} must be at most 1024 bytes without NUL characters",
-                            f("password")
-                        ),
-                    );
-                }
-                PasswordChange::Set(SecretString::from(p))
-            }
-            // A generic message: the value itself must never be echoed.
-            Field::Invalid => {
-                errors.add(
-                    f("password"),
-                    "invalid_type",
-                    format!("{} must be a string", f("password")),
-                );
-                PasswordChange::Keep
-            }
-        };
+        let password = parse_password(&f("password"), self.password, errors);
         if matches!(password, PasswordChange::Set(_)) && username.is_none() {
             errors.add(
                 f("password"),
@@ -388,21 +403,7 @@ impl SmtpSettingsInput {
         if let Some(n) = &from_name {
             check_header_text(errors, &f("from_name"), n, 200);
         }
-        let timeout_seconds = match errors
-            .optional(&f("timeout_seconds"), self.timeout_seconds, "an integer")
-            .map(|w| w.0)
-        {
-            Some(t) if (1..=120).contains(&t) => t as u32,
-            Some(_) => {
-                errors.add(
-                    f("timeout_seconds"),
-                    "out_of_range",
-                    format!("{} must be between 1 and 120", f("timeout_seconds")),
-                );
-                DEFAULT_TIMEOUT_SECONDS
-            }
-            None => DEFAULT_TIMEOUT_SECONDS,
-        };
+        let timeout_seconds = parse_timeout(&f("timeout_seconds"), self.timeout_seconds, errors);
         let tls_verify = errors
             .optional(&f("tls_verify"), self.tls_verify, "true or false")
             .unwrap_or(true);

@@ -8,7 +8,7 @@ use crate::auth::scope::SmtpTest;
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
 use crate::mail::probe::{self, ProbeRequest, TestReport};
-use crate::settings::smtp::{self, SmtpSettingsInput};
+use crate::settings::smtp::{self, SmtpDraft, SmtpSettings, SmtpSettingsInput};
 use crate::state::AppState;
 use crate::store::settings as store;
 use crate::validation::{check_email, Errors, Field, Object};
@@ -103,22 +103,7 @@ pub async fn test_smtp(
             .await?;
     }
     let saved = state.db.read(smtp::load).await?.map(|s| s.value);
-    let (settings, password) = match &draft {
-        Some(d) => {
-            let mut settings = d.to_settings();
-            settings.oauth2 = d.oauth_settings(saved.as_ref(), &state.cipher)?;
-            (settings, d.password_for_test(saved.as_ref(), &state.cipher)?)
-        }
-        None => {
-            let s = saved.clone().ok_or_else(|| ApiError::Conflict {
-                code: "smtp_not_configured",
-                detail: "no SMTP settings are saved: PUT /settings/smtp first, or send a draft in `settings`"
-                    .into(),
-            })?;
-            let password = s.unseal_password(&state.cipher)?;
-            (s, password)
-        }
-    };
+    let (settings, password) = settings_to_test(draft.as_ref(), saved, &state.cipher)?;
     let smtp::Connection {
         target,
         sender,
@@ -175,4 +160,29 @@ pub async fn test_smtp(
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
         .json(report))
+}
+
+/// The settings a test uses: the draft (with the saved secrets where the keep rules allow), else
+/// the saved settings; and the password to use with them.
+fn settings_to_test(
+    draft: Option<&SmtpDraft>,
+    saved: Option<SmtpSettings>,
+    cipher: &crate::secrets::SecretCipher,
+) -> Result<(SmtpSettings, Option<secrecy::SecretString>), ApiError> {
+    Ok(match draft {
+        Some(d) => {
+            let mut settings = d.to_settings();
+            settings.oauth2 = d.oauth_settings(saved.as_ref(), cipher)?;
+            (settings, d.password_for_test(saved.as_ref(), cipher)?)
+        }
+        None => {
+            let s = saved.ok_or_else(|| ApiError::Conflict {
+                code: "smtp_not_configured",
+                detail: "no SMTP settings are saved: PUT /settings/smtp first, or send a draft in `settings`"
+                    .into(),
+            })?;
+            let password = s.unseal_password(cipher)?;
+            (s, password)
+        }
+    })
 }

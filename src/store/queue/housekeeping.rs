@@ -4,7 +4,8 @@ use diesel::prelude::*;
 
 use crate::db::DbConnection;
 use crate::db::StoreError;
-use crate::store::notifications::Status;
+use crate::store::notifications::{Status, EXPIRED};
+use crate::store::webhooks::NotificationData;
 
 /// Why an admin notification waits (also its `status_reason` while held).
 pub const NO_ADMIN_EMAIL: &str = "no admin address is configured (PUT /settings/admin-email)";
@@ -62,118 +63,122 @@ pub fn maintain(
     requeue: &Requeue,
 ) -> Result<usize, StoreError> {
     conn.transaction(|conn| {
-        use crate::db::schema::notifications::dsl::*;
-        let overdue = notifications.filter(
+        expire_overdue(conn, now)?;
+        let taken = take_back_leases(conn, now, requeue)?;
+        Ok(taken + follow_routing(conn, now, d)?)
+    })
+}
+
+/// Queued or held notifications past their lifetime become `expired`, with their webhooks.
+fn expire_overdue(conn: &mut DbConnection, now: i64) -> Result<(), StoreError> {
+    use crate::db::schema::notifications::dsl::*;
+    let overdue = notifications.filter(
+        status
+            .eq_any([Status::Queued.as_str(), Status::Held.as_str()])
+            .and(expires_at.le(now)),
+    );
+    let expiring: Vec<(String, String, Option<String>)> =
+        overdue.select((id, event, recipient)).load(conn)?;
+    if expiring.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&String> = expiring.iter().map(|(i, _, _)| i).collect();
+    diesel::update(notifications.filter(id.eq_any(ids)))
+        .set((
+            status.eq(Status::Expired.as_str()),
+            status_reason.eq(EXPIRED),
+            updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    let hooks = crate::store::webhooks::load(conn)?;
+    for (nid, ev, to) in &expiring {
+        let hook = NotificationData::change(nid, ev, to.as_deref(), Status::Expired, Some(EXPIRED));
+        crate::store::webhooks::enqueue(conn, &hooks, "notification.expired", &hook, now)?;
+    }
+    Ok(())
+}
+
+/// Expired leases of other owners go back to the queue, under the [`Requeue`] rule.
+fn take_back_leases(conn: &mut DbConnection, now: i64, requeue: &Requeue) -> Result<usize, StoreError> {
+    use crate::db::schema::notifications::dsl::*;
+    let take_others =
+        requeue.reachable_for_a_lease && database_uptime_ms(conn)?.is_none_or(|up| up > requeue.lease_ms);
+    if !take_others {
+        return Ok(0);
+    }
+    Ok(diesel::update(
+        notifications.filter(
             status
-                .eq_any([Status::Queued.as_str(), Status::Held.as_str()])
-                .and(expires_at.le(now)),
-        );
-        let expiring: Vec<(String, String, Option<String>)> =
-            overdue.select((id, event, recipient)).load(conn)?;
-        if !expiring.is_empty() {
-            let ids: Vec<&String> = expiring.iter().map(|(i, _, _)| i).collect();
-            diesel::update(notifications.filter(id.eq_any(ids)))
-                .set((
-                    status.eq(Status::Expired.as_str()),
-                    status_reason.eq("expired before it could be delivered"),
-                    updated_at.eq(now),
-                ))
-                .execute(conn)?;
-            let hooks = crate::store::webhooks::load(conn)?;
-            for (nid, ev, to) in &expiring {
-                let payload = crate::store::webhooks::NotificationData {
-                    id: nid,
-                    event: ev,
-                    to: to.as_deref(),
-                    status: Status::Expired.as_str(),
-                    status_reason: Some("expired before it could be delivered"),
-                    smtp_code: None,
-                    smtp_reply: None,
-                    attempt: None,
-                };
-                crate::store::webhooks::enqueue(conn, &hooks, "notification.expired", &payload, now)?;
-            }
-        }
-        let take_others =
-            requeue.reachable_for_a_lease && database_uptime_ms(conn)?.is_none_or(|up| up > requeue.lease_ms);
-        let mut queued = if take_others {
+                .eq(Status::Sending.as_str())
+                .and(lease_until.lt(now))
+                .and(lease_owner.ne(&requeue.owner)),
+        ),
+    )
+    .set((
+        status.eq(Status::Queued.as_str()),
+        status_reason.eq("requeued: the worker sending it stopped before recording a result"),
+        lease_owner.eq(None::<String>),
+        lease_until.eq(None::<i64>),
+        next_attempt_at.eq(now),
+        updated_at.eq(now),
+    ))
+    .execute(conn)?)
+}
+
+/// Holds what cannot be sent (with the current reason), and queues what now can: with an admin
+/// address, admin events get it as their recipient. Returns how many became queued.
+fn follow_routing(conn: &mut DbConnection, now: i64, d: Routing<'_>) -> Result<usize, StoreError> {
+    use crate::db::schema::notifications::dsl::*;
+    if let Some(reason) = d.blocked {
+        // Queued ones go back on hold; held ones get the current reason.
+        diesel::update(
+            notifications.filter(
+                status.eq(Status::Queued.as_str()).or(status
+                    .eq(Status::Held.as_str())
+                    .and(status_reason.is_null().or(status_reason.ne(reason)))),
+            ),
+        )
+        .set((
+            status.eq(Status::Held.as_str()),
+            status_reason.eq(reason),
+            updated_at.eq(now),
+        ))
+        .execute(conn)?;
+        return Ok(0);
+    }
+    let held = status.eq(Status::Held.as_str());
+    let mut queued = diesel::update(notifications.filter(held.and(recipient.is_not_null())))
+        .set((
+            status.eq(Status::Queued.as_str()),
+            status_reason.eq(None::<String>),
+            next_attempt_at.eq(now),
+            updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    match d.admin_email {
+        None => {
             diesel::update(
                 notifications.filter(
-                    status
-                        .eq(Status::Sending.as_str())
-                        .and(lease_until.lt(now))
-                        .and(lease_owner.ne(&requeue.owner)),
+                    held.and(recipient.is_null())
+                        .and(status_reason.is_null().or(status_reason.ne(NO_ADMIN_EMAIL))),
                 ),
             )
-            .set((
-                status.eq(Status::Queued.as_str()),
-                status_reason.eq("requeued: the worker sending it stopped before recording a result"),
-                lease_owner.eq(None::<String>),
-                lease_until.eq(None::<i64>),
-                next_attempt_at.eq(now),
-                updated_at.eq(now),
-            ))
-            .execute(conn)?
-        } else {
-            0
-        };
-        match d.blocked {
-            Some(reason) => {
-                // Queued ones go back on hold; held ones get the current reason.
-                diesel::update(
-                    notifications.filter(
-                        status.eq(Status::Queued.as_str()).or(status
-                            .eq(Status::Held.as_str())
-                            .and(status_reason.is_null().or(status_reason.ne(reason)))),
-                    ),
-                )
-                .set((
-                    status.eq(Status::Held.as_str()),
-                    status_reason.eq(reason),
-                    updated_at.eq(now),
-                ))
-                .execute(conn)?;
-            }
-            None => {
-                queued += diesel::update(
-                    notifications.filter(status.eq(Status::Held.as_str()).and(recipient.is_not_null())),
-                )
+            .set((status_reason.eq(NO_ADMIN_EMAIL), updated_at.eq(now)))
+            .execute(conn)?;
+        }
+        Some(admin) => {
+            queued += diesel::update(notifications.filter(held.and(recipient.is_null())))
                 .set((
                     status.eq(Status::Queued.as_str()),
                     status_reason.eq(None::<String>),
+                    recipient.eq(admin),
                     next_attempt_at.eq(now),
                     updated_at.eq(now),
                 ))
                 .execute(conn)?;
-                if d.admin_email.is_none() {
-                    diesel::update(
-                        notifications.filter(
-                            status
-                                .eq(Status::Held.as_str())
-                                .and(recipient.is_null())
-                                .and(status_reason.is_null().or(status_reason.ne(NO_ADMIN_EMAIL))),
-                        ),
-                    )
-                    .set((status_reason.eq(NO_ADMIN_EMAIL), updated_at.eq(now)))
-                    .execute(conn)?;
-                }
-                if let Some(admin) = d.admin_email {
-                    queued += diesel::update(
-                        notifications.filter(status.eq(Status::Held.as_str()).and(recipient.is_null())),
-                    )
-                    .set((
-                        status.eq(Status::Queued.as_str()),
-                        status_reason.eq(None::<String>),
-                        recipient.eq(admin),
-                        next_attempt_at.eq(now),
-                        updated_at.eq(now),
-                    ))
-                    .execute(conn)?;
-                }
-            }
         }
-        Ok(queued)
-    })
+    }
+    Ok(queued)
 }
 
 #[cfg(test)]

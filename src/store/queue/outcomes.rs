@@ -6,7 +6,8 @@ use diesel::sql_types::{BigInt, Text};
 use crate::db::schema::{notification_attempts, notifications};
 use crate::db::DbConnection;
 use crate::db::StoreError;
-use crate::store::notifications::Status;
+use crate::store::notifications::{Status, EXPIRED};
+use crate::store::webhooks::NotificationData;
 
 #[derive(Insertable)]
 #[diesel(table_name = notification_attempts)]
@@ -74,24 +75,12 @@ fn enqueue_hook(
         Outcome::Failed { reason, .. } => {
             Some(("notification.failed", Status::Failed, Some(reason.as_str())))
         }
-        Outcome::Expired => Some((
-            "notification.expired",
-            Status::Expired,
-            Some("expired before it could be delivered"),
-        )),
+        Outcome::Expired => Some(("notification.expired", Status::Expired, Some(EXPIRED))),
         Outcome::Held { .. } | Outcome::Released => None,
     };
     if let Some((event_type, status, status_reason)) = hook {
-        let data = crate::store::webhooks::NotificationData {
-            id: &r.id,
-            event: &r.event,
-            to: r.recipient.as_deref(),
-            status: status.as_str(),
-            status_reason,
-            smtp_code: code,
-            smtp_reply: (!reply.is_empty()).then_some(reply),
-            attempt: None,
-        };
+        let data = NotificationData::change(&r.id, &r.event, r.recipient.as_deref(), status, status_reason)
+            .with_reply(code, reply);
         crate::store::webhooks::enqueue(conn, hooks, event_type, &data, now)?;
     }
     Ok(())
@@ -107,101 +96,7 @@ pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Res
         let mut sent = Vec::new();
         for r in results {
             let now = r.attempted_at + r.duration_ms;
-            let mine = notifications::table.filter(
-                notifications::id
-                    .eq(&r.id)
-                    .and(notifications::lease_owner.eq(owner))
-                    .and(notifications::status.eq(Status::Sending.as_str())),
-            );
-            let no_lease = (
-                notifications::lease_owner.eq(None::<String>),
-                notifications::lease_until.eq(None::<i64>),
-                notifications::updated_at.eq(now),
-            );
-            let (attempt, code, reply): (Option<&str>, Option<u16>, &str) = match &r.outcome {
-                Outcome::Sent {
-                    code,
-                    reply,
-                    message_id,
-                } => {
-                    sent.push(SentRow {
-                        id: &r.id,
-                        at: now,
-                        message_id,
-                        reply,
-                    });
-                    (Some("sent"), Some(*code), reply)
-                }
-                Outcome::Deferred {
-                    code,
-                    reply,
-                    next_attempt_at,
-                } => {
-                    diesel::update(mine)
-                        .set((
-                            notifications::status.eq(Status::Queued.as_str()),
-                            notifications::status_reason.eq(format!("deferred: {reply}")),
-                            notifications::next_attempt_at.eq(next_attempt_at),
-                            notifications::smtp_reply.eq(reply),
-                            no_lease,
-                        ))
-                        .execute(conn)?;
-                    (Some("deferred"), *code, reply)
-                }
-                Outcome::Failed {
-                    code,
-                    reply,
-                    reason,
-                    suppress,
-                } => {
-                    if *suppress {
-                        if let Some(to) = &r.recipient {
-                            crate::store::suppressions::add(conn, to, reply, "bounce", Some(&r.id), now)?;
-                        }
-                    }
-                    diesel::update(mine)
-                        .set((
-                            notifications::status.eq(Status::Failed.as_str()),
-                            notifications::status_reason.eq(reason),
-                            notifications::smtp_reply.eq(reply),
-                            no_lease,
-                        ))
-                        .execute(conn)?;
-                    (Some("failed"), *code, reply)
-                }
-                Outcome::Expired => {
-                    diesel::update(mine)
-                        .set((
-                            notifications::status.eq(Status::Expired.as_str()),
-                            notifications::status_reason.eq("expired before it could be delivered"),
-                            notifications::attempt_count.eq(notifications::attempt_count - 1),
-                            no_lease,
-                        ))
-                        .execute(conn)?;
-                    (None, None, "")
-                }
-                Outcome::Held { reason } => {
-                    diesel::update(mine)
-                        .set((
-                            notifications::status.eq(Status::Held.as_str()),
-                            notifications::status_reason.eq(reason),
-                            notifications::attempt_count.eq(notifications::attempt_count - 1),
-                            no_lease,
-                        ))
-                        .execute(conn)?;
-                    (None, None, "")
-                }
-                Outcome::Released => {
-                    diesel::update(mine)
-                        .set((
-                            notifications::status.eq(Status::Queued.as_str()),
-                            notifications::attempt_count.eq(notifications::attempt_count - 1),
-                            no_lease,
-                        ))
-                        .execute(conn)?;
-                    (None, None, "")
-                }
-            };
+            let (attempt, code, reply) = write_outcome(conn, owner, r, now, &mut sent)?;
             enqueue_hook(conn, &hooks, r, code, reply, now)?;
             if let Some(outcome) = attempt {
                 attempts.push(NewAttempt {
@@ -217,16 +112,114 @@ pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Res
         mark_sent(conn, owner, &sent)?;
         // One multi-row INSERT per backend instead of a round trip per attempt.
         for chunk in attempts.chunks(1000) {
-            match conn {
-                DbConnection::Sqlite(c) => diesel::insert_into(notification_attempts::table)
-                    .values(chunk)
-                    .execute(c)?,
-                DbConnection::Postgres(c) => diesel::insert_into(notification_attempts::table)
-                    .values(chunk)
-                    .execute(c)?,
-            };
+            crate::db::per_backend!(conn, |c| diesel::insert_into(notification_attempts::table)
+                .values(chunk)
+                .execute(c))?;
         }
         Ok(())
+    })
+}
+
+/// What an outcome leaves in the attempts table: its name (None: not an attempt), reply code
+/// and reply.
+type AttemptOf<'a> = (Option<&'static str>, Option<u16>, &'a str);
+
+/// Applies one outcome to its row, if this owner still holds it. Deliveries are only collected
+/// in `sent`, to be marked in groups by [`mark_sent`].
+fn write_outcome<'a>(
+    conn: &mut DbConnection,
+    owner: &str,
+    r: &'a Recorded,
+    now: i64,
+    sent: &mut Vec<SentRow<'a>>,
+) -> QueryResult<AttemptOf<'a>> {
+    let mine = notifications::table.filter(
+        notifications::id
+            .eq(&r.id)
+            .and(notifications::lease_owner.eq(owner))
+            .and(notifications::status.eq(Status::Sending.as_str())),
+    );
+    let no_lease = (
+        notifications::lease_owner.eq(None::<String>),
+        notifications::lease_until.eq(None::<i64>),
+        notifications::updated_at.eq(now),
+    );
+    // Not an attempt: the count the claim added is taken back.
+    let uncounted = notifications::attempt_count.eq(notifications::attempt_count - 1);
+    Ok(match &r.outcome {
+        Outcome::Sent {
+            code,
+            reply,
+            message_id,
+        } => {
+            sent.push(SentRow {
+                id: &r.id,
+                at: now,
+                message_id,
+                reply,
+            });
+            (Some("sent"), Some(*code), reply)
+        }
+        Outcome::Deferred {
+            code,
+            reply,
+            next_attempt_at,
+        } => {
+            diesel::update(mine)
+                .set((
+                    notifications::status.eq(Status::Queued.as_str()),
+                    notifications::status_reason.eq(format!("deferred: {reply}")),
+                    notifications::next_attempt_at.eq(next_attempt_at),
+                    notifications::smtp_reply.eq(reply),
+                    no_lease,
+                ))
+                .execute(conn)?;
+            (Some("deferred"), *code, reply)
+        }
+        Outcome::Failed {
+            code,
+            reply,
+            reason,
+            suppress,
+        } => {
+            if let Some(to) = r.recipient.as_deref().filter(|_| *suppress) {
+                crate::store::suppressions::add(conn, to, reply, "bounce", Some(&r.id), now)?;
+            }
+            diesel::update(mine)
+                .set((
+                    notifications::status.eq(Status::Failed.as_str()),
+                    notifications::status_reason.eq(reason),
+                    notifications::smtp_reply.eq(reply),
+                    no_lease,
+                ))
+                .execute(conn)?;
+            (Some("failed"), *code, reply)
+        }
+        Outcome::Expired | Outcome::Held { .. } => {
+            let (status, reason) = match &r.outcome {
+                Outcome::Held { reason } => (Status::Held, reason.as_str()),
+                _ => (Status::Expired, EXPIRED),
+            };
+            diesel::update(mine)
+                .set((
+                    notifications::status.eq(status.as_str()),
+                    notifications::status_reason.eq(reason),
+                    uncounted,
+                    no_lease,
+                ))
+                .execute(conn)?;
+            (None, None, "")
+        }
+        Outcome::Released => {
+            diesel::update(mine)
+                .set((
+                    notifications::status.eq(Status::Queued.as_str()),
+                    uncounted,
+                    no_lease,
+                ))
+                .execute(conn)?;
+            (None, None, "")
+        }
     })
 }
 
