@@ -26,7 +26,7 @@ LAYERS = [
     ["startup", "routes", "openapi", "health"],
     ["notifications", "delivery", "settings", "webhooks", "suppressions", "metrics"],
     ["state", "auth", "extract", "error", "validation", "rate_limit", "telemetry"],
-    ["builtin", "sandbox", "mail", "outbound", "store"],
+    ["sandbox", "mail", "outbound", "store"],
     ["db"],
     ["events", "domain", "config", "secrets"],
 ]

@@ -1,7 +1,6 @@
 //! mailroom: an email-notification service with a REST/JSON API.
 
 pub mod auth;
-pub mod builtin;
 pub mod config;
 pub mod db;
 pub mod delivery;

@@ -112,7 +112,8 @@ fn effective(catalog: &Catalog, target: Target, locale: &str, part: Part) -> Eff
                 (_, Part::Subject) => None,
                 (t, p) => {
                     let ext = if p == Part::Html { "html" } else { "txt" };
-                    crate::builtin::source(&format!("{}.{ext}", t.name())).map(str::to_string)
+                    crate::settings::templates::builtin::source(&format!("{}.{ext}", t.name()))
+                        .map(str::to_string)
                 }
             },
             source: "builtin".into(),

@@ -5,6 +5,7 @@
 //! The subjects of the default locale are the subjects document of `PUT /settings/subjects`, so
 //! that endpoint keeps working unchanged; every other part lives in the templates document.
 
+pub mod builtin;
 pub mod data;
 pub mod http;
 pub mod preview;

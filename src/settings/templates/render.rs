@@ -1,11 +1,11 @@
 //! Rendering at accept time: each part from the operator's template in effect for the locale (in
 //! the sandbox), or from the built-in one; the body framed by the layout; branding everywhere.
 
-use crate::builtin::environment;
 use crate::events::Event;
 use crate::mail::message::one_line;
 use crate::sandbox::Part;
 pub use crate::sandbox::MAX_RENDERED_SUBJECT_CHARS;
+use crate::settings::templates::builtin::environment;
 use crate::settings::templates::{context, Catalog, Origin, LAYOUT};
 
 /// A rendered message, stored with the notification and sent as is.

@@ -7,103 +7,85 @@ use minijinja::{AutoEscape, Environment};
 
 /// Every built-in template, by name. A test checks that each event has both parts.
 static TEMPLATES: &[(&str, &str)] = &[
-    ("layout.txt", include_str!("notifications/templates/layout.txt")),
-    ("layout.html", include_str!("notifications/templates/layout.html")),
-    (
-        "password_reset.txt",
-        include_str!("notifications/templates/password_reset.txt"),
-    ),
-    (
-        "password_reset.html",
-        include_str!("notifications/templates/password_reset.html"),
-    ),
+    ("layout.txt", include_str!("builtin/layout.txt")),
+    ("layout.html", include_str!("builtin/layout.html")),
+    ("password_reset.txt", include_str!("builtin/password_reset.txt")),
+    ("password_reset.html", include_str!("builtin/password_reset.html")),
     (
         "access_request_created.txt",
-        include_str!("notifications/templates/access_request_created.txt"),
+        include_str!("builtin/access_request_created.txt"),
     ),
     (
         "access_request_created.html",
-        include_str!("notifications/templates/access_request_created.html"),
+        include_str!("builtin/access_request_created.html"),
     ),
     (
         "access_request_approved.txt",
-        include_str!("notifications/templates/access_request_approved.txt"),
+        include_str!("builtin/access_request_approved.txt"),
     ),
     (
         "access_request_approved.html",
-        include_str!("notifications/templates/access_request_approved.html"),
+        include_str!("builtin/access_request_approved.html"),
     ),
     (
         "access_request_rejected.txt",
-        include_str!("notifications/templates/access_request_rejected.txt"),
+        include_str!("builtin/access_request_rejected.txt"),
     ),
     (
         "access_request_rejected.html",
-        include_str!("notifications/templates/access_request_rejected.html"),
+        include_str!("builtin/access_request_rejected.html"),
     ),
     (
         "user_registration_pending.txt",
-        include_str!("notifications/templates/user_registration_pending.txt"),
+        include_str!("builtin/user_registration_pending.txt"),
     ),
     (
         "user_registration_pending.html",
-        include_str!("notifications/templates/user_registration_pending.html"),
+        include_str!("builtin/user_registration_pending.html"),
     ),
-    (
-        "user_invited.txt",
-        include_str!("notifications/templates/user_invited.txt"),
-    ),
-    (
-        "user_invited.html",
-        include_str!("notifications/templates/user_invited.html"),
-    ),
-    (
-        "user_activated.txt",
-        include_str!("notifications/templates/user_activated.txt"),
-    ),
-    (
-        "user_activated.html",
-        include_str!("notifications/templates/user_activated.html"),
-    ),
+    ("user_invited.txt", include_str!("builtin/user_invited.txt")),
+    ("user_invited.html", include_str!("builtin/user_invited.html")),
+    ("user_activated.txt", include_str!("builtin/user_activated.txt")),
+    ("user_activated.html", include_str!("builtin/user_activated.html")),
     (
         "user_deactivated.txt",
-        include_str!("notifications/templates/user_deactivated.txt"),
+        include_str!("builtin/user_deactivated.txt"),
     ),
     (
         "user_deactivated.html",
-        include_str!("notifications/templates/user_deactivated.html"),
+        include_str!("builtin/user_deactivated.html"),
     ),
     (
         "organization_registration_requested.txt",
-        include_str!("notifications/templates/organization_registration_requested.txt"),
+        include_str!("builtin/organization_registration_requested.txt"),
     ),
     (
         "organization_registration_requested.html",
-        include_str!("notifications/templates/organization_registration_requested.html"),
+        include_str!("builtin/organization_registration_requested.html"),
     ),
     (
         "organization_registration_approved.txt",
-        include_str!("notifications/templates/organization_registration_approved.txt"),
+        include_str!("builtin/organization_registration_approved.txt"),
     ),
     (
         "organization_registration_approved.html",
-        include_str!("notifications/templates/organization_registration_approved.html"),
+        include_str!("builtin/organization_registration_approved.html"),
     ),
     (
         "organization_registration_rejected.txt",
-        include_str!("notifications/templates/organization_registration_rejected.txt"),
+        include_str!("builtin/organization_registration_rejected.txt"),
     ),
     (
         "organization_registration_rejected.html",
-        include_str!("notifications/templates/organization_registration_rejected.html"),
+        include_str!("builtin/organization_registration_rejected.html"),
     ),
     (
         "change_request_updated.txt",
-        include_str!("notifications/templates/change_request_updated.txt"),
+        include_str!("builtin/change_request_updated.txt"),
     ),
     (
         "change_request_updated.html",
-        include_str!("notifications/templates/change_request_updated.html"),
+        include_str!("builtin/change_request_updated.html"),
     ),
 ];
 
