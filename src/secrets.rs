@@ -24,6 +24,27 @@ pub fn is_sealed(s: &str) -> bool {
     })
 }
 
+/// A secret as stored: ciphertext made by [`SecretCipher::encrypt`], never the plaintext. It is
+/// its own type so that no field holding one reads like plaintext: `Debug` shows none of it, the
+/// audit diff reports it only as changed ([`is_sealed`]), and only [`SecretCipher::decrypt`] opens
+/// it. Serialized as the ciphertext string, as settings documents have always stored it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Sealed(String);
+
+impl Sealed {
+    /// The ciphertext, to store or compare; never the secret.
+    pub fn ciphertext(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealed(..)")
+    }
+}
+
 /// Encrypts and decrypts stored secrets. The associated data binds a ciphertext to its purpose,
 /// so a value copied into another column does not decrypt.
 pub struct SecretCipher {
@@ -37,7 +58,7 @@ impl SecretCipher {
         Self { cipher }
     }
 
-    pub fn encrypt(&self, purpose: &str, plaintext: &str) -> anyhow::Result<String> {
+    pub fn encrypt(&self, purpose: &str, plaintext: &str) -> anyhow::Result<Sealed> {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let ciphertext = self
@@ -52,14 +73,15 @@ impl SecretCipher {
             .map_err(|_| anyhow::anyhow!("encryption failed"))?;
         let mut sealed = nonce.to_vec();
         sealed.extend_from_slice(&ciphertext);
-        Ok(format!(
+        Ok(Sealed(format!(
             "{CIPHERTEXT_PREFIX}{}",
             base64::engine::general_purpose::STANDARD.encode(sealed)
-        ))
+        )))
     }
 
-    pub fn decrypt(&self, purpose: &str, sealed: &str) -> anyhow::Result<SecretString> {
+    pub fn decrypt(&self, purpose: &str, sealed: &Sealed) -> anyhow::Result<SecretString> {
         let bytes = sealed
+            .0
             .strip_prefix(CIPHERTEXT_PREFIX)
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
             .filter(|b| b.len() > 12)
@@ -193,9 +215,17 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_secret_shows_nothing_of_itself_when_debug_printed() {
+        let sealed = cipher().encrypt("smtp.password", "hunter2").unwrap();
+        let printed = format!("{:?}", Some(&sealed));
+        assert_eq!(printed, "Some(Sealed(..))");
+        assert!(is_sealed(sealed.ciphertext()));
+    }
+
+    #[test]
     fn a_secret_round_trips_and_the_ciphertext_hides_it() {
         let sealed = cipher().encrypt("smtp.password", "hunter2").unwrap();
-        assert!(!sealed.contains("hunter2"));
+        assert!(!sealed.ciphertext().contains("hunter2"));
         let opened = cipher().decrypt("smtp.password", &sealed).unwrap();
         assert_eq!(opened.expose_secret(), "hunter2");
     }

@@ -45,8 +45,8 @@ pub async fn retry_notification(
         .write(move |conn| {
             let row =
                 store::find(conn, &id)?.ok_or_else(|| ApiError::NotFound(format!("no notification {id}")))?;
-            let status = Status::parse(&row.status);
-            if status == Some(Status::Queued) {
+            let status = row.status()?;
+            if status == Status::Queued {
                 // Waiting for its next attempt: make it due now, keeping its lifetime and attempts.
                 store::make_due(conn, &id, now)?;
                 return Ok(Accepted {
@@ -61,12 +61,12 @@ pub async fn retry_notification(
                     expires_at: millis_to_datetime(row.expires_at),
                 });
             }
-            if !matches!(status, Some(Status::Failed | Status::Expired)) {
+            if !matches!(status, Status::Failed | Status::Expired) {
                 return Err(ApiError::Conflict {
                     code: "not_retryable",
                     detail: format!(
                         "the notification is {}; only queued, failed or expired ones can be retried",
-                        row.status
+                        status.as_str()
                     ),
                 });
             }

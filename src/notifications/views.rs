@@ -8,25 +8,15 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::scope::NotificationsRead;
 use crate::auth::Authorized;
 use crate::db::millis_to_datetime;
+use crate::db::StoreError;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
-use crate::store::notifications::{self as store, Status};
-
-/// How one delivery attempt ended.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AttemptOutcome {
-    Sent,
-    /// Will be retried.
-    Deferred,
-    Failed,
-}
+use crate::store::notifications::{self as store, AttemptOutcome, Status};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptView {
     pub at: DateTime<Utc>,
-    #[schema(value_type = AttemptOutcome)]
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub smtp_code: Option<i32>,
     /// The server's reply, or what went wrong on the way.
     pub reply: String,
@@ -60,9 +50,24 @@ pub struct NotificationView {
     pub created_by: String,
 }
 
-fn view(row: store::NotificationRow, attempts: Vec<store::AttemptRow>) -> NotificationView {
-    let status = Status::parse(&row.status).unwrap_or(Status::Queued);
-    NotificationView {
+fn view(
+    row: store::NotificationRow,
+    attempts: Vec<store::AttemptRow>,
+) -> Result<NotificationView, StoreError> {
+    let status = row.status()?;
+    let attempts = attempts
+        .into_iter()
+        .map(|a| {
+            Ok(AttemptView {
+                at: millis_to_datetime(a.attempted_at),
+                outcome: a.outcome()?,
+                smtp_code: a.smtp_code,
+                reply: a.reply,
+                duration_ms: a.duration_ms,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(NotificationView {
         id: row.id,
         event: row.event,
         to: row.recipient,
@@ -72,16 +77,7 @@ fn view(row: store::NotificationRow, attempts: Vec<store::AttemptRow>) -> Notifi
         locale: row.locale,
         status,
         status_reason: row.status_reason,
-        attempts: attempts
-            .into_iter()
-            .map(|a| AttemptView {
-                at: millis_to_datetime(a.attempted_at),
-                outcome: a.outcome,
-                smtp_code: a.smtp_code,
-                reply: a.reply,
-                duration_ms: a.duration_ms,
-            })
-            .collect(),
+        attempts,
         next_attempt_at: (status == Status::Queued).then(|| millis_to_datetime(row.next_attempt_at)),
         sent_at: row.sent_at.map(millis_to_datetime),
         message_id: row.message_id,
@@ -90,7 +86,7 @@ fn view(row: store::NotificationRow, attempts: Vec<store::AttemptRow>) -> Notifi
         updated_at: millis_to_datetime(row.updated_at),
         expires_at: millis_to_datetime(row.expires_at),
         created_by: row.created_by,
-    }
+    })
 }
 
 /// A notification's delivery status and attempt history.
@@ -121,7 +117,7 @@ pub async fn get_notification(
             Ok::<_, ApiError>((row, attempts))
         })
         .await?;
-    Ok(web::Json(view(row, attempts)))
+    Ok(web::Json(view(row, attempts)?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -232,7 +228,7 @@ pub async fn list_notifications(
             let a = attempts.remove(&r.id).unwrap_or_default();
             view(r, a)
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     let next_cursor = if more {
         notifications.last().map(|n| n.id.clone())
     } else {

@@ -45,7 +45,7 @@ fn view(settings: &WebhookSettings, revealed: &[(String, String)]) -> WebhooksVi
                 url: e.url.clone(),
                 events: e.events.clone(),
                 enabled: e.enabled,
-                secret_set: !e.secret.is_empty(),
+                secret_set: !e.secret.ciphertext().is_empty(),
                 secret: revealed
                     .iter()
                     .find(|(id, _)| *id == e.id)

@@ -109,6 +109,50 @@ pub struct NewNotification {
     pub body: BodyRow,
 }
 
+impl NotificationRow {
+    /// The row's status. A value no version of mailroom writes is a damaged row, and said so
+    /// rather than read as some status.
+    pub fn status(&self) -> Result<Status, StoreError> {
+        Status::parse(&self.status).ok_or_else(|| {
+            StoreError::Other(anyhow::anyhow!(
+                "notification {} has the unknown status {:?}",
+                self.id,
+                self.status
+            ))
+        })
+    }
+}
+
+// Stored in `notification_attempts.outcome` as `as_str` spells it.
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Sent,
+    /// Will be retried.
+    Deferred,
+    Failed,
+}
+
+impl AttemptOutcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Deferred => "deferred",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sent" => Self::Sent,
+            "deferred" => Self::Deferred,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Queryable)]
 pub struct AttemptRow {
     pub attempted_at: i64,
@@ -116,6 +160,18 @@ pub struct AttemptRow {
     pub smtp_code: Option<i32>,
     pub reply: String,
     pub duration_ms: i64,
+}
+
+impl AttemptRow {
+    /// The attempt's outcome; an unknown value is a damaged row.
+    pub fn outcome(&self) -> Result<AttemptOutcome, StoreError> {
+        AttemptOutcome::parse(&self.outcome).ok_or_else(|| {
+            StoreError::Other(anyhow::anyhow!(
+                "an attempt has the unknown outcome {:?}",
+                self.outcome
+            ))
+        })
+    }
 }
 
 pub fn insert(conn: &mut DbConnection, new: &NewNotification) -> Result<(), StoreError> {
@@ -303,4 +359,43 @@ pub fn insert_idempotency(
         ))
         .execute(conn)
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: &str) -> NotificationRow {
+        NotificationRow {
+            id: "n1".into(),
+            event: "user_invited".into(),
+            recipient: None,
+            to_name: None,
+            data: "{}".into(),
+            subject: String::new(),
+            status: status.into(),
+            status_reason: None,
+            created_at: 0,
+            updated_at: 0,
+            expires_at: 0,
+            next_attempt_at: 0,
+            lease_owner: None,
+            lease_until: None,
+            attempt_count: 0,
+            sent_at: None,
+            message_id: None,
+            smtp_reply: None,
+            created_by: String::new(),
+            locale: None,
+        }
+    }
+
+    #[test]
+    fn a_row_with_a_status_no_version_writes_is_damaged_not_queued() {
+        for status in Status::ALL {
+            assert_eq!(row(status.as_str()).status().unwrap(), status);
+        }
+        let e = row("queued ").status().unwrap_err();
+        assert!(e.to_string().contains("unknown status"), "{e}");
+    }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 
-use super::notifications::Status;
+use super::notifications::{AttemptOutcome, Status};
 use crate::db::schema::{notification_attempts, notifications};
 use crate::db::DbConnection;
 use crate::db::StoreError;
@@ -52,11 +52,15 @@ pub fn last_attempt(
     conn: &mut DbConnection,
     sent: bool,
 ) -> Result<Option<(i64, String, String)>, StoreError> {
-    let outcomes: &[&str] = if sent { &["sent"] } else { &["deferred", "failed"] };
+    let outcomes: &[AttemptOutcome] = if sent {
+        &[AttemptOutcome::Sent]
+    } else {
+        &[AttemptOutcome::Deferred, AttemptOutcome::Failed]
+    };
     let mut newest: Option<(i64, (i64, String, String))> = None;
     for outcome in outcomes {
         let found = notification_attempts::table
-            .filter(notification_attempts::outcome.eq(outcome))
+            .filter(notification_attempts::outcome.eq(outcome.as_str()))
             .order(notification_attempts::id.desc())
             .select((
                 notification_attempts::id,

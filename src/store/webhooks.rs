@@ -30,7 +30,7 @@ pub struct Endpoint {
     pub url: String,
     pub events: Vec<String>,
     pub enabled: bool,
-    pub secret: String,
+    pub secret: crate::secrets::Sealed,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

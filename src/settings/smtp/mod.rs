@@ -14,7 +14,7 @@ use crate::db::DbConnection;
 use crate::error::ApiError;
 use crate::mail::message::Sender;
 use crate::mail::SmtpTarget;
-use crate::secrets::SecretCipher;
+use crate::secrets::{Sealed, SecretCipher};
 use crate::store::settings::{self as store, Stored};
 use crate::validation::{check_email, check_header_text, check_host, Errors, Field, Object, Whole};
 
@@ -32,7 +32,7 @@ pub struct SmtpSettings {
     pub port: u16,
     pub security: Security,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Sealed>,
     pub from_address: Option<String>,
     pub from_name: Option<String>,
     pub reply_to: Option<String>,
@@ -57,7 +57,7 @@ pub struct Connection {
 impl SmtpSettings {
     /// The stored password, unsealed. The one place a sealed SMTP password is opened.
     pub fn unseal_password(&self, cipher: &SecretCipher) -> anyhow::Result<Option<SecretString>> {
-        unseal(cipher, self.password.as_deref())
+        unseal(cipher, self.password.as_ref())
     }
 
     /// Where tokens come from, when the account uses OAuth (secrets unsealed here).
@@ -440,7 +440,7 @@ impl SmtpSettingsInput {
     }
 }
 
-fn unseal(cipher: &SecretCipher, sealed: Option<&str>) -> anyhow::Result<Option<SecretString>> {
+fn unseal(cipher: &SecretCipher, sealed: Option<&Sealed>) -> anyhow::Result<Option<SecretString>> {
     sealed
         .map(|sealed| cipher.decrypt(PASSWORD_PURPOSE, sealed))
         .transpose()
@@ -449,7 +449,7 @@ fn unseal(cipher: &SecretCipher, sealed: Option<&str>) -> anyhow::Result<Option<
 /// The password a draft may use: its own, or the saved one when it targets the same account.
 pub enum PasswordSource<'a> {
     New(&'a SecretString),
-    Saved(&'a str),
+    Saved(&'a Sealed),
     None,
 }
 
@@ -461,7 +461,7 @@ impl SmtpDraft {
             PasswordChange::Keep => match saved {
                 Some(s) if s.same_account(&self.to_settings()) => s
                     .password
-                    .as_deref()
+                    .as_ref()
                     .map_or(PasswordSource::None, PasswordSource::Saved),
                 _ => PasswordSource::None,
             },
@@ -510,7 +510,7 @@ impl SmtpDraft {
         let password = match self.password_source(saved) {
             _ if self.auth == AuthKind::Oauth2 => None,
             PasswordSource::New(p) => Some(cipher.encrypt(PASSWORD_PURPOSE, p.expose_secret())?),
-            PasswordSource::Saved(sealed) => Some(sealed.to_string()),
+            PasswordSource::Saved(sealed) => Some(sealed.clone()),
             PasswordSource::None => None,
         };
         Ok(SmtpSettings {

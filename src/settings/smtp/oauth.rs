@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, FieldError};
 use crate::mail::oauth::{check_token_url, Grant, TokenSource};
 use crate::mail::MailContext;
-use crate::secrets::SecretCipher;
+use crate::secrets::{Sealed, SecretCipher};
 use crate::validation::{check_header_text, Errors, Field};
 
 /// Associated data of each sealed OAuth secret.
@@ -58,9 +58,9 @@ pub struct OAuth2Settings {
     pub client_id: Option<String>,
     pub scope: Option<String>,
     pub token_url: Option<String>,
-    pub client_secret: Option<String>,
-    pub service_account_json: Option<String>,
-    pub refresh_token: Option<String>,
+    pub client_secret: Option<Sealed>,
+    pub service_account_json: Option<Sealed>,
+    pub refresh_token: Option<Sealed>,
 }
 
 impl OAuth2Settings {
@@ -93,9 +93,9 @@ impl OAuth2Settings {
         username: &str,
         timeout: std::time::Duration,
     ) -> anyhow::Result<TokenSource> {
-        let unseal = |sealed: &Option<String>| -> anyhow::Result<Option<SecretString>> {
+        let unseal = |sealed: &Option<Sealed>| -> anyhow::Result<Option<SecretString>> {
             sealed
-                .as_deref()
+                .as_ref()
                 .map(|s| cipher.decrypt(SECRET_PURPOSE, s))
                 .transpose()
         };
@@ -348,7 +348,7 @@ impl OAuth2Draft {
         prefix: &str,
     ) -> Result<OAuth2Settings, ApiError> {
         let keep = saved.filter(|s| s.same_client(self));
-        let seal = |change: &SecretChange, stored: Option<&String>| -> Result<Option<String>, ApiError> {
+        let seal = |change: &SecretChange, stored: Option<&Sealed>| -> Result<Option<Sealed>, ApiError> {
             match change {
                 SecretChange::Set(s) => Ok(Some(cipher.encrypt(SECRET_PURPOSE, s.expose_secret())?)),
                 SecretChange::Keep => Ok(stored.cloned()),

@@ -6,7 +6,7 @@ use diesel::sql_types::{BigInt, Text};
 use crate::db::schema::{notification_attempts, notifications};
 use crate::db::DbConnection;
 use crate::db::StoreError;
-use crate::store::notifications::{Status, EXPIRED};
+use crate::store::notifications::{AttemptOutcome, Status, EXPIRED};
 use crate::store::webhooks::NotificationData;
 
 #[derive(Insertable)]
@@ -102,7 +102,7 @@ pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Res
                 attempts.push(NewAttempt {
                     notification_id: &r.id,
                     attempted_at: r.attempted_at,
-                    outcome,
+                    outcome: outcome.as_str(),
                     smtp_code: code.map(i32::from),
                     reply,
                     duration_ms: r.duration_ms,
@@ -122,7 +122,7 @@ pub fn record(conn: &mut DbConnection, owner: &str, results: &[Recorded]) -> Res
 
 /// What an outcome leaves in the attempts table: its name (None: not an attempt), reply code
 /// and reply.
-type AttemptOf<'a> = (Option<&'static str>, Option<u16>, &'a str);
+type AttemptOf<'a> = (Option<AttemptOutcome>, Option<u16>, &'a str);
 
 /// Applies one outcome to its row, if this owner still holds it. Deliveries are only collected
 /// in `sent`, to be marked in groups by [`mark_sent`].
@@ -158,7 +158,7 @@ fn write_outcome<'a>(
                 message_id,
                 reply,
             });
-            (Some("sent"), Some(*code), reply)
+            (Some(AttemptOutcome::Sent), Some(*code), reply)
         }
         Outcome::Deferred {
             code,
@@ -174,7 +174,7 @@ fn write_outcome<'a>(
                     no_lease,
                 ))
                 .execute(conn)?;
-            (Some("deferred"), *code, reply)
+            (Some(AttemptOutcome::Deferred), *code, reply)
         }
         Outcome::Failed {
             code,
@@ -193,7 +193,7 @@ fn write_outcome<'a>(
                     no_lease,
                 ))
                 .execute(conn)?;
-            (Some("failed"), *code, reply)
+            (Some(AttemptOutcome::Failed), *code, reply)
         }
         Outcome::Expired | Outcome::Held { .. } => {
             let (status, reason) = match &r.outcome {
