@@ -545,3 +545,56 @@ async fn without_saved_settings_or_a_draft_the_test_is_a_409_and_bad_drafts_are_
         .await
         .problem(403, "insufficient_scope");
 }
+
+/// The test walks the session delivery uses: against a server that offers PIPELINING, its message
+/// goes as delivery's do (MAIL, RCPT and DATA in one write), and each step is still reported.
+#[tokio::test]
+async fn the_test_message_is_pipelined_like_delivery_when_the_server_offers_it() {
+    let app = spawn_app().await;
+    let server = SmtpServer::start(Behaviour {
+        pipelining: true,
+        ..Default::default()
+    })
+    .await;
+    let report = run_test(
+        &app,
+        json!({"settings": plain(server.port), "to": "ada@example.com"}),
+    )
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["message_sent"], true, "{report}");
+    assert_eq!(
+        step_names(&report),
+        [
+            "resolve",
+            "connect",
+            "greeting",
+            "ehlo",
+            "mail_from",
+            "rcpt_to",
+            "data"
+        ],
+        "{report}"
+    );
+    assert_eq!(server.pipelined(), 1, "the test message was not pipelined");
+    assert_eq!(server.received().len(), 1);
+}
+
+/// A pipelined refusal is still reported at the step it belongs to.
+#[tokio::test]
+async fn a_recipient_refused_in_a_pipelined_batch_is_recipient_rejected() {
+    let app = spawn_app().await;
+    let server = SmtpServer::start(Behaviour {
+        pipelining: true,
+        rcpt_reply: Some((550, "5.1.1 User unknown".into())),
+        ..Default::default()
+    })
+    .await;
+    let report = run_test(
+        &app,
+        json!({"settings": plain(server.port), "to": "nobody@example.com"}),
+    )
+    .await;
+    assert_failed(&report, "recipient_rejected", "rcpt_to");
+    assert_eq!(server.pipelined(), 1, "{report}");
+}

@@ -169,13 +169,21 @@ impl std::fmt::Display for Failure {
             FailureKind::TlsSetup(e) => write!(f, "cannot set up TLS: {e}"),
             FailureKind::Tls(e) => write!(f, "the TLS handshake failed: {e}"),
             FailureKind::Greeting(g) => match g {
-                greeting::GreetingFailure::Silent => write!(f, "the server sent no greeting"),
+                greeting::GreetingFailure::Silent => write!(
+                    f,
+                    "the server sent no greeting within {} s",
+                    self.started.elapsed().as_secs()
+                ),
                 greeting::GreetingFailure::Closed => {
                     write!(f, "the server closed the connection without a greeting")
                 }
                 greeting::GreetingFailure::TlsData => write!(f, "the server expects a TLS handshake first"),
                 greeting::GreetingFailure::Io(e) => write!(f, "reading the greeting failed: {e}"),
-                greeting::GreetingFailure::Incomplete => write!(f, "the greeting did not complete in time"),
+                greeting::GreetingFailure::Incomplete => write!(
+                    f,
+                    "the greeting did not complete within {} s",
+                    self.started.elapsed().as_secs()
+                ),
                 greeting::GreetingFailure::Refused { text, .. } => {
                     write!(f, "the server refused the session: {text}")
                 }
