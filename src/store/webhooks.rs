@@ -112,7 +112,7 @@ pub fn enqueue(
                 webhook_deliveries::event_type.eq(event_type),
                 webhook_deliveries::notification_id.eq(data.id),
                 webhook_deliveries::payload.eq(&payload),
-                webhook_deliveries::status.eq("pending"),
+                webhook_deliveries::status.eq(WebhookDeliveryStatus::Pending.as_str()),
                 webhook_deliveries::attempts.eq(0),
                 webhook_deliveries::next_attempt_at.eq(now),
                 webhook_deliveries::created_at.eq(now),
@@ -165,12 +165,43 @@ pub fn claim(
     }
 }
 
+// Stored in `webhook_deliveries.status` as `as_str` spells it.
+/// Where a webhook call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookDeliveryStatus {
+    /// Not yet taken by the receiver; tried again at `next_attempt_at`.
+    Pending,
+    Delivered,
+    /// Out of attempts.
+    Failed,
+}
+
+impl WebhookDeliveryStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "delivered" => Self::Delivered,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
 /// How a call went.
 #[derive(Debug, Clone)]
 pub struct CallResult {
     pub id: String,
-    /// `delivered`, `pending` (retry at `next_attempt_at`) or `failed`.
-    pub status: &'static str,
+    /// Pending: retry at `next_attempt_at`.
+    pub status: WebhookDeliveryStatus,
     pub status_code: Option<u16>,
     pub error: Option<String>,
     pub next_attempt_at: i64,
@@ -181,7 +212,7 @@ pub fn record(conn: &mut DbConnection, results: &[CallResult]) -> Result<(), die
     for r in results {
         diesel::update(webhook_deliveries::table.find(&r.id))
             .set((
-                webhook_deliveries::status.eq(r.status),
+                webhook_deliveries::status.eq(r.status.as_str()),
                 webhook_deliveries::last_status_code.eq(r.status_code.map(i32::from)),
                 webhook_deliveries::last_error.eq(&r.error),
                 webhook_deliveries::next_attempt_at.eq(r.next_attempt_at),
@@ -208,11 +239,24 @@ pub struct DeliveryRow {
     pub updated_at: i64,
 }
 
+impl DeliveryRow {
+    /// The call's status; an unknown value is a damaged row.
+    pub fn status(&self) -> Result<WebhookDeliveryStatus, StoreError> {
+        WebhookDeliveryStatus::parse(&self.status).ok_or_else(|| {
+            StoreError::Other(anyhow::anyhow!(
+                "webhook call {} has the unknown status {:?}",
+                self.id,
+                self.status
+            ))
+        })
+    }
+}
+
 /// The newest calls, optionally for one endpoint and in one status.
 pub fn list(
     conn: &mut DbConnection,
     endpoint: Option<&str>,
-    status: Option<&str>,
+    status: Option<WebhookDeliveryStatus>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
     use crate::db::schema::webhook_deliveries::dsl as w;
@@ -221,7 +265,7 @@ pub fn list(
         q = q.filter(w::endpoint_id.eq(e.to_string()));
     }
     if let Some(s) = status {
-        q = q.filter(w::status.eq(s.to_string()));
+        q = q.filter(w::status.eq(s.as_str()));
     }
     Ok(q.order(w::id.desc())
         .limit(limit)

@@ -8,21 +8,11 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::scope::NotificationsRead;
 use crate::auth::Authorized;
 use crate::db::millis_to_datetime;
+use crate::db::StoreError;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
-use crate::store::webhooks as outbox;
+use crate::store::webhooks::{self as outbox, WebhookDeliveryStatus};
 use crate::validation::Errors;
-
-/// Where a webhook call stands.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookDeliveryStatus {
-    /// Not yet taken by the receiver; tried again at `next_attempt_at`.
-    Pending,
-    Delivered,
-    /// Out of attempts.
-    Failed,
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookDeliveryView {
@@ -31,8 +21,7 @@ pub struct WebhookDeliveryView {
     #[schema(example = "notification.sent")]
     pub event_type: String,
     pub notification_id: Option<String>,
-    #[schema(value_type = WebhookDeliveryStatus)]
-    pub status: String,
+    pub status: WebhookDeliveryStatus,
     pub attempts: i32,
     /// The receiver's last HTTP status.
     pub last_status_code: Option<i32>,
@@ -84,10 +73,8 @@ pub async fn list_deliveries(
     if !(1..=200).contains(&limit) {
         errors.add("limit", "out_of_range", "limit must be between 1 and 200");
     }
-    if q.status
-        .as_deref()
-        .is_some_and(|s| !["pending", "delivered", "failed"].contains(&s))
-    {
+    let status = q.status.as_deref().map(WebhookDeliveryStatus::parse);
+    if status.is_some_and(|s| s.is_none()) {
         errors.add(
             "status",
             "invalid_choice",
@@ -97,24 +84,28 @@ pub async fn list_deliveries(
     errors.finish()?;
     let rows = state
         .db
-        .read(move |conn| outbox::list(conn, q.endpoint.as_deref(), q.status.as_deref(), limit))
+        .read(move |conn| outbox::list(conn, q.endpoint.as_deref(), status.flatten(), limit))
         .await?;
     Ok(web::Json(WebhookDeliveries {
         deliveries: rows
             .into_iter()
-            .map(|r| WebhookDeliveryView {
-                next_attempt_at: (r.status == "pending").then(|| millis_to_datetime(r.next_attempt_at)),
-                id: r.id,
-                endpoint_id: r.endpoint_id,
-                event_type: r.event_type,
-                notification_id: r.notification_id,
-                status: r.status,
-                attempts: r.attempts,
-                last_status_code: r.last_status_code,
-                last_error: r.last_error,
-                created_at: millis_to_datetime(r.created_at),
-                updated_at: millis_to_datetime(r.updated_at),
+            .map(|r| {
+                let status = r.status()?;
+                Ok(WebhookDeliveryView {
+                    next_attempt_at: (status == WebhookDeliveryStatus::Pending)
+                        .then(|| millis_to_datetime(r.next_attempt_at)),
+                    id: r.id,
+                    endpoint_id: r.endpoint_id,
+                    event_type: r.event_type,
+                    notification_id: r.notification_id,
+                    status,
+                    attempts: r.attempts,
+                    last_status_code: r.last_status_code,
+                    last_error: r.last_error,
+                    created_at: millis_to_datetime(r.created_at),
+                    updated_at: millis_to_datetime(r.updated_at),
+                })
             })
-            .collect(),
+            .collect::<Result<_, StoreError>>()?,
     }))
 }

@@ -13,7 +13,9 @@ use crate::config::DeliveryConfig;
 use crate::db::{now_millis, Db, StoreError};
 use crate::outbound::policy::HostPolicy;
 use crate::secrets::SecretCipher;
-use crate::store::webhooks::{self as outbox, claim, record, CallResult, Due, Endpoint, SECRET_PURPOSE};
+use crate::store::webhooks::{
+    self as outbox, claim, record, CallResult, Due, Endpoint, WebhookDeliveryStatus, SECRET_PURPOSE,
+};
 
 /// Calls in flight at once.
 const CONCURRENCY: i64 = 8;
@@ -107,12 +109,12 @@ async fn call(
     let at = now_millis();
     let retry = |status_code: Option<u16>, error: String| {
         let (status, next) = if d.attempts >= MAX_ATTEMPTS {
-            ("failed", at)
+            (WebhookDeliveryStatus::Failed, at)
         } else {
             let delay = config.backoff(d.attempts.max(1) as u32);
-            ("pending", at + delay.as_millis() as i64)
+            (WebhookDeliveryStatus::Pending, at + delay.as_millis() as i64)
         };
-        tracing::info!(id = %d.id, endpoint = %d.endpoint_id, attempt = d.attempts, status_code, error = %error, outcome = status, "webhook call");
+        tracing::info!(id = %d.id, endpoint = %d.endpoint_id, attempt = d.attempts, status_code, error = %error, outcome = status.as_str(), "webhook call");
         CallResult {
             id: d.id.clone(),
             status,
@@ -125,7 +127,7 @@ async fn call(
     let Some(endpoint) = endpoint.filter(|e| e.enabled) else {
         return CallResult {
             id: d.id.clone(),
-            status: "failed",
+            status: WebhookDeliveryStatus::Failed,
             status_code: None,
             error: Some("the endpoint was removed or disabled".into()),
             next_attempt_at: at,
@@ -145,7 +147,7 @@ async fn call(
             tracing::info!(id = %d.id, endpoint = %d.endpoint_id, attempt = d.attempts, status_code = code, outcome = "delivered", "webhook call");
             CallResult {
                 id: d.id.clone(),
-                status: "delivered",
+                status: WebhookDeliveryStatus::Delivered,
                 status_code: Some(code),
                 error: None,
                 next_attempt_at: at,
