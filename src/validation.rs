@@ -152,20 +152,7 @@ pub fn check_email(errors: &mut Errors, field: &str, value: &str) -> bool {
         errors.add(field, "line_break", format!("{field} must not contain CR or LF"));
         return false;
     }
-    let valid = value.len() <= 254
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
-        && value.validate_email()
-        && value.parse::<lettre::Address>().is_ok()
-        && value.rsplit_once('@').is_some_and(|(_, domain)| {
-            // Address literals (`user@[127.0.0.1]`) are refused: messages to them cannot be built
-            // and they would point mail at arbitrary IPs.
-            !domain.starts_with('[')
-                && (domain == "localhost" || (domain.contains('.') && !domain.ends_with('.')))
-                // It must have an A-label: that is how it is sent.
-                && crate::mail::message::wire_address(value).is_ok()
-        });
+    let valid = value.validate_email() && crate::mail::address::EmailAddress::parse(value).is_ok();
     if !valid {
         errors.add(
             field,

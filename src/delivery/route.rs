@@ -9,6 +9,7 @@ use lettre::transport::smtp::response::Response;
 
 use crate::config::DeliveryConfig;
 use crate::db::now_millis;
+use crate::mail::address::EmailAddress;
 use crate::mail::message::{self, Content, Sender};
 use crate::mail::smtp::greeting::GreetingFailure;
 use crate::mail::smtp::{self, Failure, FailureKind, NoTrace, Session, Step};
@@ -71,15 +72,18 @@ impl Route {
     }
 
     async fn send(&self, n: &Claimed, to: &str) -> Outcome {
-        let content = Content {
-            notification_id: &n.id,
-            to,
-            to_name: n.to_name.as_deref(),
-            subject: &n.subject,
-            text: &n.text_body,
-            html: &n.html_body,
-        };
-        let message = match message::build(&self.sender, &content) {
+        let built = EmailAddress::from_stored(to).and_then(|to| {
+            let content = Content {
+                notification_id: &n.id,
+                to: &to,
+                to_name: n.to_name.as_deref(),
+                subject: &n.subject,
+                text: &n.text_body,
+                html: &n.html_body,
+            };
+            message::build(&self.sender, &content)
+        });
+        let message = match built {
             Ok(m) => m,
             Err(e) => {
                 return Outcome::Failed {

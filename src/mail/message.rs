@@ -2,7 +2,9 @@
 //! rendered at accept time.
 
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
-use lettre::{Address, Message};
+use lettre::Message;
+
+use super::address::EmailAddress;
 
 /// Header text on one line: runs of control characters (CR, LF, tabs) become one space. Used for
 /// rendered subjects, and again when building a message as the second line of defence (lettre
@@ -13,18 +15,6 @@ pub fn one_line(s: &str) -> String {
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// `address` as it goes on the wire: an internationalised domain as its A-label (punycode,
-/// `bücher.example` -> `xn--bcher-kva.example`), which every server takes; the local part as it
-/// is (a non-ASCII one needs SMTPUTF8, which the sender asks for or refuses to send without).
-pub fn wire_address(address: &str) -> anyhow::Result<Address> {
-    let (local, domain) = address
-        .rsplit_once('@')
-        .ok_or_else(|| anyhow::anyhow!("{address} has no @"))?;
-    let domain = idna::domain_to_ascii(domain)
-        .map_err(|_| anyhow::anyhow!("{domain} is not a valid internationalised domain name"))?;
-    Ok(Address::new(local, domain)?)
 }
 
 /// The sending identity from the SMTP settings.
@@ -39,12 +29,12 @@ pub struct Sender {
 impl Sender {
     /// None when `from_address` is not an address: nothing is sent without one.
     pub fn new(from_address: &str, from_name: Option<&str>, reply_to: Option<&str>) -> Option<Self> {
-        let address = wire_address(from_address).ok()?;
+        let address = EmailAddress::from_stored(from_address).ok()?.into_wire();
         // Message-IDs are ASCII: the domain is the A-label already.
         let domain = address.domain().to_string();
         let reply_to = reply_to
-            .and_then(|r| wire_address(r).ok())
-            .map(|a| Mailbox::new(None, a));
+            .and_then(|r| EmailAddress::from_stored(r).ok())
+            .map(|a| Mailbox::new(None, a.into_wire()));
         Some(Self {
             from: Mailbox::new(from_name.map(one_line), address),
             reply_to,
@@ -59,7 +49,7 @@ impl Sender {
 
 pub struct Content<'a> {
     pub notification_id: &'a str,
-    pub to: &'a str,
+    pub to: &'a EmailAddress,
     pub to_name: Option<&'a str>,
     pub subject: &'a str,
     pub text: &'a str,
@@ -89,10 +79,12 @@ pub fn crlf(s: &str) -> String {
 /// A multipart/alternative message (plain text first, then HTML). lettre encodes every header
 /// value, so names and subjects cannot add header lines.
 pub fn build(sender: &Sender, content: &Content<'_>) -> anyhow::Result<Message> {
-    let to = wire_address(content.to)?;
     let mut builder = Message::builder()
         .from(sender.from.clone())
-        .to(Mailbox::new(content.to_name.map(one_line), to))
+        .to(Mailbox::new(
+            content.to_name.map(one_line),
+            content.to.wire().clone(),
+        ))
         .subject(one_line(content.subject))
         .message_id(Some(sender.message_id(content.notification_id)))
         .date_now();
@@ -118,20 +110,6 @@ pub fn build(sender: &Sender, content: &Content<'_>) -> anyhow::Result<Message> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_internationalised_domain_goes_on_the_wire_as_its_a_label() {
-        let address = wire_address("ada@bücher.example").unwrap();
-        assert_eq!(address.to_string(), "ada@xn--bcher-kva.example");
-        assert_eq!(
-            wire_address("ädä@Bücher.Example").unwrap().to_string(),
-            "ädä@xn--bcher-kva.example"
-        );
-        assert_eq!(
-            wire_address("ada@example.com").unwrap().to_string(),
-            "ada@example.com"
-        );
-    }
-
     fn sender() -> Sender {
         Sender::new(
             "portal@example.com",
@@ -148,7 +126,7 @@ mod tests {
             &sender,
             &Content {
                 notification_id: "n1",
-                to: "ada@example.com",
+                to: &EmailAddress::parse("ada@example.com").unwrap(),
                 to_name: Some("Ada\r\nBcc: eve@example.com"),
                 subject: "Hi\r\nBcc: eve@example.com",
                 text: "text",
@@ -172,7 +150,7 @@ mod tests {
             &sender,
             &Content {
                 notification_id: "n1",
-                to: "ada@example.com",
+                to: &EmailAddress::parse("ada@example.com").unwrap(),
                 to_name: None,
                 subject: "Hi",
                 text: "Ada\r.\rMAIL FROM:<evil@example.com>\r\nnext\nlast",
@@ -199,7 +177,7 @@ mod tests {
             &sender,
             &Content {
                 notification_id: "n1",
-                to: "ada@example.com",
+                to: &EmailAddress::parse("ada@example.com").unwrap(),
                 to_name: None,
                 subject: "Hi",
                 text: "t",

@@ -1,6 +1,7 @@
 //! Talking SMTP: where mail may go, how a session is opened, the test of a server, and the
 //! messages sent. Knows nothing of settings storage: callers describe the transport.
 
+pub mod address;
 pub mod message;
 pub mod oauth;
 pub mod probe;

@@ -49,7 +49,7 @@ impl Deliverability {
     /// Why `recipient` is never to be mailed, if it is on the suppression list.
     pub fn suppression(&self, recipient: Option<&str>) -> Option<&String> {
         self.suppressed
-            .get(&crate::store::suppressions::normalize(recipient?))
+            .get(&crate::mail::address::comparison_key(recipient?))
     }
 
     /// The recipient: the address given, else (an admin event) the admin address, if any.

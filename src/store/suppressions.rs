@@ -8,15 +8,7 @@ use diesel::prelude::*;
 use crate::db::schema::suppressions;
 use crate::db::DbConnection;
 use crate::db::StoreError;
-
-/// The key an address is stored under: the local part as given, the domain in lower case.
-pub fn normalize(address: &str) -> String {
-    let address = address.trim();
-    match address.rsplit_once('@') {
-        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
-        None => address.to_string(),
-    }
-}
+use crate::mail::address::comparison_key;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = suppressions)]
@@ -38,7 +30,7 @@ pub fn add(
     now: i64,
 ) -> Result<bool, diesel::result::Error> {
     let row = (
-        suppressions::address.eq(normalize(address)),
+        suppressions::address.eq(comparison_key(address)),
         suppressions::reason.eq(reason),
         suppressions::source.eq(source),
         suppressions::notification_id.eq(notification_id),
@@ -52,12 +44,12 @@ pub fn add(
 }
 
 pub fn remove(conn: &mut DbConnection, address: &str) -> Result<bool, StoreError> {
-    Ok(diesel::delete(suppressions::table.find(normalize(address))).execute(conn)? > 0)
+    Ok(diesel::delete(suppressions::table.find(comparison_key(address))).execute(conn)? > 0)
 }
 
 pub fn find(conn: &mut DbConnection, address: &str) -> Result<Option<Suppression>, StoreError> {
     Ok(suppressions::table
-        .find(normalize(address))
+        .find(comparison_key(address))
         .select(Suppression::as_select())
         .first(conn)
         .optional()?)
@@ -71,7 +63,7 @@ pub fn reasons(
     if addresses.is_empty() {
         return Ok(HashMap::new());
     }
-    let keys: Vec<String> = addresses.iter().map(|a| normalize(a)).collect();
+    let keys: Vec<String> = addresses.iter().map(|a| comparison_key(a)).collect();
     let mut out = HashMap::new();
     for chunk in keys.chunks(500) {
         let rows: Vec<(String, String)> = suppressions::table
@@ -101,15 +93,4 @@ pub fn list(
         .limit(limit)
         .select(Suppression::as_select())
         .load(conn)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_compare_case_insensitively_in_the_domain_only() {
-        assert_eq!(normalize(" Ada@Example.COM "), "Ada@example.com");
-        assert_ne!(normalize("ada@example.com"), normalize("Ada@example.com"));
-    }
 }

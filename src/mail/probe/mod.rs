@@ -7,10 +7,10 @@ mod diagnosis;
 
 use std::time::Instant;
 
-use lettre::Address;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::address::EmailAddress;
 use super::message::{self, Content, Sender};
 use super::smtp::session::Options;
 use super::smtp::{
@@ -132,7 +132,7 @@ pub struct ProbeRequest<'a> {
     pub target: &'a SmtpTarget,
     /// Needed to send a test message: the configured From identity.
     pub sender: Option<&'a Sender>,
-    pub to: Option<&'a Address>,
+    pub to: Option<&'a EmailAddress>,
     pub redact: &'a [String],
 }
 
@@ -244,7 +244,7 @@ async fn walk(
 }
 
 /// A short message saying when and through which server it was sent.
-fn test_message(t: &SmtpTarget, sender: &Sender, to: &Address) -> anyhow::Result<lettre::Message> {
+fn test_message(t: &SmtpTarget, sender: &Sender, to: &EmailAddress) -> anyhow::Result<lettre::Message> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let id = format!("test-{}", uuid::Uuid::new_v4());
     let via = format!("{}:{} ({})", t.host, t.port, t.security.as_str());
@@ -253,12 +253,11 @@ fn test_message(t: &SmtpTarget, sender: &Sender, to: &Address) -> anyhow::Result
     );
     let html = format!("<p>This is a test message from mailroom.</p><p>It was sent at {now} through {via} to check the SMTP settings. No action is needed.</p>");
     let subject = format!("mailroom test message ({now})");
-    let to_string = to.to_string();
     message::build(
         sender,
         &Content {
             notification_id: &id,
-            to: &to_string,
+            to,
             to_name: None,
             subject: &subject,
             text: &text,

@@ -127,7 +127,7 @@ pub async fn test_smtp(
 
     let to_address = to
         .as_deref()
-        .map(str::parse)
+        .map(crate::mail::address::EmailAddress::parse)
         .transpose()
         .map_err(|_| ApiError::field("to", "invalid_email", "to is not a valid address"))?;
     let report: TestReport = probe::run(
