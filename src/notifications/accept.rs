@@ -10,6 +10,7 @@ use crate::db::StoreError;
 use crate::db::{millis_to_datetime, DbConnection};
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, Event, Recipient};
+use crate::settings::locale::Locale;
 pub use crate::settings::templates::data::{check_data, TemplateData};
 use crate::settings::templates::render::{self, Rendered};
 use crate::settings::templates::Catalog;
@@ -66,7 +67,7 @@ pub struct Validated {
     pub data: serde_json::Map<String, serde_json::Value>,
     pub expires_at: Option<i64>,
     /// The requested locale in canonical case.
-    pub locale: Option<String>,
+    pub locale: Option<Locale>,
     pub idempotency_key: Option<String>,
     /// Fingerprint of what was asked, to tell a repeat from a conflicting reuse of a key.
     pub request_hash: String,
@@ -78,7 +79,7 @@ pub struct Validated {
 /// Renders a validated notification with the subjects in effect. A template that cannot render
 /// is this notification's own 422; it never fails another.
 pub fn render_validated(v: &mut Validated, catalog: &Catalog) -> Result<(), ApiError> {
-    match render::render(catalog, v.event, v.locale.as_deref(), &v.data) {
+    match render::render(catalog, v.event, v.locale.as_ref().map(Locale::as_str), &v.data) {
         Ok(r) => {
             v.rendered = Some(r);
             Ok(())
@@ -204,9 +205,7 @@ pub fn validate(
 
     let expires_at = expiry(&mut errors, &f("expires_at"), req.expires_at, now);
     let requested_locale = errors.optional(&f("locale"), req.locale, "a string");
-    let locale = requested_locale
-        .as_deref()
-        .and_then(crate::settings::locale::canonical);
+    let locale = requested_locale.as_deref().and_then(Locale::parse);
     if requested_locale.is_some() && locale.is_none() {
         errors.add(
             f("locale"),

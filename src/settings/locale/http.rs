@@ -5,7 +5,7 @@ use actix_web::{get, put, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{canonical, LocaleInput, LocaleSettings, BUILTIN_DEFAULT, KEY};
+use super::{Locale, LocaleInput, LocaleSettings, BUILTIN_DEFAULT, KEY};
 use crate::auth::scope::{SettingsRead, SettingsWrite};
 use crate::auth::Authorized;
 use crate::error::{ApiError, Problem};
@@ -78,7 +78,7 @@ pub async fn put_locale(
 ) -> Result<HttpResponse, ApiError> {
     let mut errors = Errors::default();
     let tag = errors.required("default_locale", body.into_inner().0.default_locale, "a string");
-    let locale = tag.as_deref().and_then(canonical);
+    let locale = tag.as_deref().and_then(Locale::parse);
     if tag.is_some() && locale.is_none() {
         errors.add(
             "default_locale",
@@ -88,7 +88,7 @@ pub async fn put_locale(
     }
     errors.finish()?;
     let value = LocaleSettings {
-        default_locale: locale.unwrap_or_default(),
+        default_locale: locale.map(Locale::into_string).unwrap_or_default(),
     };
     let if_match = if_match_header(&req);
     let actor = auth.sub().to_string();

@@ -14,9 +14,36 @@ use crate::validation::Field;
 pub const KEY: &str = "locale";
 pub const BUILTIN_DEFAULT: &str = "en";
 
+/// A well-formed language tag, always in canonical case: two values that name the same locale
+/// are equal. Made only by [`Locale::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Locale(String);
+
+impl Locale {
+    /// The tag in canonical case; None when `tag` is not a well-formed tag (`_` is read as `-`).
+    pub fn parse(tag: &str) -> Option<Self> {
+        canonical(tag).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Locale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A language tag in canonical case: language lower (`pt`), script title (`Latn`), region upper
 /// (`BR`), anything else lower. None when `tag` is not a well-formed tag.
-pub fn canonical(tag: &str) -> Option<String> {
+fn canonical(tag: &str) -> Option<String> {
     let tag = tag.trim().replace('_', "-");
     let parts: Vec<&str> = tag.split('-').collect();
     let language = parts.first()?;

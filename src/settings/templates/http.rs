@@ -90,13 +90,15 @@ fn target_and_locale(path: (String, String)) -> Result<(Target, String), ApiErro
     let (event, tag) = path;
     let target = Target::find(&event)
         .ok_or_else(|| ApiError::NotFound(format!("{event} is not an event (GET /events) or `layout`")))?;
-    let locale = locale::canonical(&tag).ok_or_else(|| {
-        ApiError::field(
-            "locale",
-            "invalid_locale",
-            "locale must be a language tag such as en, de or pt-BR",
-        )
-    })?;
+    let locale = locale::Locale::parse(&tag)
+        .map(locale::Locale::into_string)
+        .ok_or_else(|| {
+            ApiError::field(
+                "locale",
+                "invalid_locale",
+                "locale must be a language tag such as en, de or pt-BR",
+            )
+        })?;
     Ok((target, locale))
 }
 

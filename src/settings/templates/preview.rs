@@ -95,7 +95,10 @@ fn render_preview(req: PreviewRequest, catalog: std::sync::Arc<Catalog>) -> Resu
         found
     });
     let tag = errors.optional("locale", req.locale, "a string");
-    let locale = tag.as_deref().and_then(locale::canonical);
+    let locale = tag
+        .as_deref()
+        .and_then(locale::Locale::parse)
+        .map(locale::Locale::into_string);
     if tag.is_some() && locale.is_none() {
         errors.add(
             "locale",
