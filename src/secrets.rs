@@ -188,11 +188,11 @@ pub fn load_or_create_jwt_secret(config: &Config) -> anyhow::Result<(Option<Secr
         return Ok((Some(secret.clone()), false));
     }
     let path = jwt_secret_path(config);
-    if config.jwt_public_key_file.is_some() {
+    if config.jwt_public_key_file.is_some() || config.jwt_jwks_url.is_some() {
         if path.exists() {
             tracing::warn!(
                 path = %path.display(),
-                "MAILROOM_JWT_PUBLIC_KEY_FILE is set: HS256 tokens of the generated secret are refused (set MAILROOM_JWT_SECRET to accept HS256 as well)"
+                "MAILROOM_JWT_PUBLIC_KEY_FILE or MAILROOM_JWT_JWKS_URL is set: HS256 tokens of the generated secret are refused (set MAILROOM_JWT_SECRET to accept HS256 as well)"
             );
         }
         return Ok((None, false));

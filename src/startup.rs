@@ -63,12 +63,21 @@ pub fn jwt_verifier(config: &Config) -> anyhow::Result<(JwtVerifier, Option<Secr
             own_command()
         );
     }
-    let verifier = JwtVerifier::new(
+    let mut verifier = JwtVerifier::new(
         secret.as_ref(),
         config.jwt_public_key_file.as_deref(),
         config.jwt_issuer.clone(),
         config.jwt_audience.clone(),
     )?;
+    if let Some(url) = &config.jwt_jwks_url {
+        // Keys are fetched under the same address policy as every other outgoing request.
+        let policy = crate::outbound::policy::HostPolicy {
+            allowed_hosts: config.smtp_allowed_hosts.clone(),
+        };
+        crate::outbound::check_url(&policy, url)
+            .map_err(|e| anyhow::anyhow!("MAILROOM_JWT_JWKS_URL: {e}"))?;
+        verifier = verifier.with_jwks(crate::auth::jwks::Jwks::new(url.clone(), policy));
+    }
     Ok((verifier, secret))
 }
 

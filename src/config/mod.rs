@@ -71,6 +71,8 @@ pub struct Config {
     pub db_pool_size: u32,
     pub jwt_secret: Option<SecretString>,
     pub jwt_public_key_file: Option<PathBuf>,
+    /// Where an OpenID Connect provider publishes its signing keys (`MAILROOM_JWT_JWKS_URL`).
+    pub jwt_jwks_url: Option<String>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub secret_key: Option<SecretBox<[u8; 32]>>,
@@ -320,14 +322,7 @@ impl Config {
             .map_err(|m| config_error("MAILROOM_DATABASE_URL", m))?;
         let data_dir = match get("MAILROOM_DATA_DIR") {
             Some(dir) => PathBuf::from(dir),
-            None => match &database_url {
-                DatabaseUrl::Sqlite(path) => path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| PathBuf::from(".")),
-                DatabaseUrl::Postgres(_) => PathBuf::from("."),
-            },
+            None => database_url.default_data_dir(),
         };
         let jwt_secret = match get("MAILROOM_JWT_SECRET") {
             Some(s) if s.len() < 32 => {
@@ -339,6 +334,7 @@ impl Config {
             Some(s) => Some(SecretString::from(s.to_string())),
             None => None,
         };
+        let jwt_jwks_url = jwks_url(get("MAILROOM_JWT_JWKS_URL"))?;
         let jwt_public_key_file = get("MAILROOM_JWT_PUBLIC_KEY_FILE").map(PathBuf::from);
         if let Some(path) = &jwt_public_key_file {
             if !path.is_file() {
@@ -388,6 +384,7 @@ impl Config {
             db_pool_size: parse_num(vars, "MAILROOM_DB_POOL_SIZE", 8, 1, 256)? as u32,
             jwt_secret,
             jwt_public_key_file,
+            jwt_jwks_url,
             jwt_issuer: get("MAILROOM_JWT_ISSUER").map(str::to_string),
             jwt_audience: get("MAILROOM_JWT_AUDIENCE").map(str::to_string),
             secret_key,
@@ -402,6 +399,34 @@ impl Config {
             metrics_public: parse_bool(vars, "MAILROOM_METRICS_PUBLIC", false)?,
             body_timeout: Duration::from_secs(parse_num(vars, "MAILROOM_BODY_TIMEOUT_SECONDS", 30, 1, 3600)?),
         })
+    }
+}
+
+impl DatabaseUrl {
+    /// Where keys live when `MAILROOM_DATA_DIR` is not set: beside the SQLite file, else here.
+    fn default_data_dir(&self) -> PathBuf {
+        match self {
+            Self::Sqlite(path) => path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            Self::Postgres(_) => PathBuf::from("."),
+        }
+    }
+}
+
+/// `MAILROOM_JWT_JWKS_URL`: an http(s) URL (the address policy is applied when it is fetched).
+fn jwks_url(value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(url) = value else {
+        return Ok(None);
+    };
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "https" | "http") => Ok(Some(url.to_string())),
+        _ => Err(config_error(
+            "MAILROOM_JWT_JWKS_URL",
+            format!("'{url}' is not an https:// (or, to loopback, http://) URL"),
+        )),
     }
 }
 

@@ -68,6 +68,22 @@ pub async fn client_for(
     Ok((client, parsed))
 }
 
+/// A response body of at most `limit` bytes; a larger one is refused before it can take memory.
+pub async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let too_large = || format!("the response is larger than {} KiB", limit / 1024);
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| cause(&e))? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The innermost cause of a request error, without the URL reqwest puts in its own message.
 pub fn cause(e: &reqwest::Error) -> String {
     let mut text = if e.is_timeout() {

@@ -11,6 +11,7 @@ mod cli;
 mod delivery_faults;
 mod durability;
 mod errors;
+mod jwks;
 mod notifications;
 mod oauth;
 mod openapi;

@@ -1,10 +1,15 @@
-//! Bearer-token authentication: JWT verification, scopes, and the `Authorized<S>` extractor.
+//! Bearer-token authentication: JWT verification (a secret, a public key, or an OpenID Connect
+//! provider's published keys), scopes, and the `Authorized<S>` extractor.
+
+pub mod jwks;
 
 use std::collections::HashSet;
-use std::future::{ready, Ready};
 use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
 
 use actix_web::{web, FromRequest, HttpRequest};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -37,10 +42,12 @@ impl Principal {
     }
 }
 
-/// Verifies tokens with an HS256 secret and/or an RS256/ES256 public key.
+/// Verifies tokens with an HS256 secret, an RS256/ES256 public key and/or the keys an OpenID
+/// Connect provider publishes.
 pub struct JwtVerifier {
     secret: Option<DecodingKey>,
     public_key: Option<(DecodingKey, Algorithm)>,
+    jwks: Option<Arc<jwks::Jwks>>,
     issuer: Option<String>,
     audience: Option<String>,
 }
@@ -101,23 +108,43 @@ impl JwtVerifier {
         Ok(Self {
             secret: secret.map(|s| DecodingKey::from_secret(s.expose_secret().as_bytes())),
             public_key,
+            jwks: None,
             issuer,
             audience,
         })
     }
 
-    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+    /// Also accepts tokens signed with the keys published at a JWKS URL.
+    pub fn with_jwks(self, jwks: jwks::Jwks) -> Self {
+        Self {
+            jwks: Some(Arc::new(jwks)),
+            ..self
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Principal, ApiError> {
         let invalid = |m: &str| ApiError::Unauthorized(m.to_string());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the token is malformed"))?;
-        let key = match header.alg {
-            Algorithm::HS256 => self.secret.as_ref(),
+        let fixed = match header.alg {
+            Algorithm::HS256 => self.secret.clone(),
             alg => self
                 .public_key
                 .as_ref()
                 .filter(|(_, expected)| *expected == alg)
-                .map(|(k, _)| k),
-        }
-        .ok_or_else(|| invalid("the token's algorithm is not accepted"))?;
+                .map(|(k, _)| k.clone()),
+        };
+        let key = match (fixed, &self.jwks) {
+            // A token naming a key is the provider's; one without is the configured key's.
+            (Some(key), jwks) if header.kid.is_none() || jwks.is_none() || header.alg == Algorithm::HS256 => {
+                key
+            }
+            (_, Some(jwks)) if header.alg != Algorithm::HS256 => jwks
+                .key(header.kid.as_deref(), header.alg)
+                .await
+                .map_err(|m| invalid(&m))?,
+            _ => return Err(invalid("the token's algorithm is not accepted")),
+        };
+        let key = &key;
 
         let mut validation = Validation::new(header.alg);
         let mut required = vec!["exp"];
@@ -241,9 +268,11 @@ impl<S> Authorized<S> {
     }
 }
 
-pub fn bearer_principal(req: &HttpRequest) -> Result<Principal, ApiError> {
+/// The verifier and the bearer token of a request.
+fn bearer(req: &HttpRequest) -> Result<(web::Data<JwtVerifier>, String), ApiError> {
     let verifier = req
         .app_data::<web::Data<JwtVerifier>>()
+        .cloned()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("JwtVerifier is not configured")))?;
     let header = req
         .headers()
@@ -258,15 +287,18 @@ pub fn bearer_principal(req: &HttpRequest) -> Result<Principal, ApiError> {
         })
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into()))?;
-    verifier.verify(token)
+    Ok((verifier, token.to_string()))
 }
 
 impl<S: RequiredScope> FromRequest for Authorized<S> {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(bearer_principal(req).and_then(|principal| {
+        let bearer = bearer(req);
+        Box::pin(async move {
+            let (verifier, token) = bearer?;
+            let principal = verifier.verify(&token).await?;
             if principal.has_scope(S::SCOPE) {
                 Ok(Self {
                     principal,
@@ -275,7 +307,7 @@ impl<S: RequiredScope> FromRequest for Authorized<S> {
             } else {
                 Err(ApiError::Forbidden(S::SCOPE))
             }
-        }))
+        })
     }
 }
 
@@ -287,8 +319,8 @@ mod tests {
         SecretString::from("0123456789abcdef0123456789abcdef".to_string())
     }
 
-    #[test]
-    fn a_minted_token_verifies_with_its_scopes() {
+    #[tokio::test]
+    async fn a_minted_token_verifies_with_its_scopes() {
         let verifier = JwtVerifier::new(Some(&secret()), None, None, None).unwrap();
         let token = mint_token(
             &secret(),
@@ -299,32 +331,35 @@ mod tests {
             None,
         )
         .unwrap();
-        let principal = verifier.verify(&token).unwrap();
+        let principal = verifier.verify(&token).await.unwrap();
         assert_eq!(principal.sub, "alice");
         assert!(principal.has_scope("settings:read"));
         assert!(!principal.has_scope("settings:write"));
     }
 
-    #[test]
-    fn a_token_signed_with_another_secret_is_rejected() {
+    #[tokio::test]
+    async fn a_token_signed_with_another_secret_is_rejected() {
         let verifier = JwtVerifier::new(Some(&secret()), None, None, None).unwrap();
         let other = SecretString::from("another-secret-another-secret-xx".to_string());
         let token = mint_token(&other, "eve", &[], Duration::from_secs(60), None, None).unwrap();
-        assert!(matches!(verifier.verify(&token), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(
+            verifier.verify(&token).await,
+            Err(ApiError::Unauthorized(_))
+        ));
     }
 
-    #[test]
-    fn scopes_come_from_scp_arrays_and_admin_role_grants_everything() {
+    #[tokio::test]
+    async fn scopes_come_from_scp_arrays_and_admin_role_grants_everything() {
         let verifier = JwtVerifier::new(Some(&secret()), None, None, None).unwrap();
         let exp = jsonwebtoken::get_current_timestamp() + 60;
         let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
         let scp = serde_json::json!({"sub": "bot", "exp": exp, "scp": ["smtp:test"]});
         let token = jsonwebtoken::encode(&Header::default(), &scp, &key).unwrap();
-        let p = verifier.verify(&token).unwrap();
+        let p = verifier.verify(&token).await.unwrap();
         assert!(p.has_scope("smtp:test") && !p.has_scope("settings:read"));
         let admin = serde_json::json!({"sub": "root", "exp": exp, "roles": ["admin"]});
         let token = jsonwebtoken::encode(&Header::default(), &admin, &key).unwrap();
-        let p = verifier.verify(&token).unwrap();
+        let p = verifier.verify(&token).await.unwrap();
         assert!(ALL_SCOPES.iter().all(|s| p.has_scope(s)));
     }
 }
