@@ -23,7 +23,7 @@ MAX_FILE_LINES = 600
 # extractors) is a layer below the features.
 LAYERS = [
     ["main"],
-    ["startup", "routes", "openapi", "health"],
+    ["startup", "routes", "openapi", "health", "console"],
     ["notifications", "delivery", "settings", "webhooks", "suppressions", "metrics"],
     ["state", "auth", "extract", "error", "validation", "rate_limit", "telemetry"],
     ["sandbox", "mail", "outbound", "store"],

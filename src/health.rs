@@ -75,6 +75,9 @@ pub struct ServiceIndex {
     pub openapi: &'static str,
     #[schema(example = "/healthz")]
     pub health: &'static str,
+    /// The admin console (a browser app on this API).
+    #[schema(example = "/console/")]
+    pub console: &'static str,
 }
 
 /// The service's name, version and where its documentation is; needs no token.
@@ -87,5 +90,6 @@ pub async fn index() -> web::Json<ServiceIndex> {
         docs: "/docs/",
         openapi: "/openapi.json",
         health: "/healthz",
+        console: "/console/",
     })
 }

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod delivery;
 pub mod error;

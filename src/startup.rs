@@ -336,6 +336,7 @@ fn run(
             })
             .into_app()
             .route("/docs", web::get().to(routes::docs_redirect))
+            .configure(crate::console::routes)
             .default_service(web::to(routes::fallback))
     })
     .listen(listener)?

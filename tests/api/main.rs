@@ -8,6 +8,7 @@ mod smtp_server;
 mod admin_email;
 mod auth;
 mod cli;
+mod console;
 mod delivery_faults;
 mod durability;
 mod errors;

@@ -1,0 +1,410 @@
+// The mailroom console: a client of the public API, signed in with a bearer token kept in
+// sessionStorage (for this tab only, in no cookie). No framework and no build step: the DOM is
+// built with `h`, which sets text, never HTML, so nothing the API returns can run as script.
+
+const TOKEN_KEY = "mailroom.token";
+const main = /** @type {HTMLElement} */ (document.getElementById("main"));
+
+/** @typedef {{status: number, body: any, etag: string | null}} Reply */
+
+/**
+ * An element with attributes (`on*` as listeners, booleans as presence) and children.
+ * @param {string} tag
+ * @param {Record<string, any>} [attrs]
+ * @param {...(Node | string | null | undefined | false)} children
+ * @returns {HTMLElement}
+ */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (value === true) el.setAttribute(name, "");
+    else el.setAttribute(name, String(value));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(typeof child === "string" ? document.createTextNode(child) : child);
+  }
+  return el;
+}
+
+// ---- session ---------------------------------------------------------------------------------
+
+/** The claims of a JWT, read without verifying it (the API verifies; this only shapes the UI). */
+function claims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+  } catch {
+    return null;
+  }
+}
+
+const session = {
+  get token() { return sessionStorage.getItem(TOKEN_KEY); },
+  /** @type {Set<string>} */
+  scopes: new Set(),
+  admin: false,
+  sub: "",
+  load() {
+    const token = this.token;
+    const c = token ? claims(token) : null;
+    const words = (v) => (Array.isArray(v) ? v.join(" ") : typeof v === "string" ? v : "").split(/\s+/).filter(Boolean);
+    this.scopes = new Set([...words(c?.scope), ...words(c?.scp)]);
+    this.admin = words(c?.roles).includes("admin");
+    this.sub = c?.sub ?? "";
+    return c;
+  },
+  can(scope) { return this.admin || this.scopes.has(scope); },
+};
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  session.load();
+  location.hash = "#/sign-in";
+  render(message);
+}
+
+/**
+ * Calls the API with the session's token. A 401 ends the session and returns to sign-in.
+ * @param {string} method
+ * @param {string} path
+ * @param {any} [body]
+ * @param {Record<string, string>} [headers]
+ * @returns {Promise<Reply>}
+ */
+async function api(method, path, body, headers = {}) {
+  const init = { method, headers: { Accept: "application/json", ...headers } };
+  if (session.token) init.headers.Authorization = `Bearer ${session.token}`;
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  const text = await response.text();
+  let parsed = null;
+  try { parsed = text ? JSON.parse(text) : null; } catch { parsed = text; }
+  if (response.status === 401) {
+    signOut("Your token has expired or was refused. Sign in again.");
+    throw new Error("signed out");
+  }
+  return { status: response.status, body: parsed, etag: response.headers.get("ETag") };
+}
+
+// ---- forms -----------------------------------------------------------------------------------
+
+/**
+ * A labelled control with a place for its error; `name` is the API's field name.
+ * @param {string} label
+ * @param {HTMLElement} control
+ * @param {string} [help]
+ */
+function field(label, control, help) {
+  const id = `f-${control.getAttribute("name")}`.replace(/[^a-z0-9-]/gi, "-");
+  control.id = id;
+  const err = h("div", { class: "error", id: `${id}-error`, role: "alert" });
+  const helpEl = help ? h("div", { class: "help", id: `${id}-help` }, help) : null;
+  control.setAttribute("aria-describedby", `${id}-error${helpEl ? ` ${id}-help` : ""}`);
+  if (control.getAttribute("type") === "checkbox") {
+    return h("div", { class: "field", "data-field": control.getAttribute("name") },
+      h("div", { class: "check" }, control, h("label", { for: id }, label)), helpEl, err);
+  }
+  return h("div", { class: "field", "data-field": control.getAttribute("name") },
+    h("label", { for: id }, label), control, helpEl, err);
+}
+
+const input = (name, type = "text", attrs = {}) => h("input", { name, type, autocomplete: "off", ...attrs });
+
+/** @param {string} name @param {[string, string][]} options */
+function select(name, options) {
+  return h("select", { name }, ...options.map(([value, text]) => h("option", { value }, text)));
+}
+
+/** Clears the field errors in `root`, then shows those of a 422 problem next to their fields. */
+function showErrors(root, problem) {
+  for (const el of root.querySelectorAll(".error")) el.textContent = "";
+  for (const el of root.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  const unplaced = [];
+  for (const e of problem?.errors ?? []) {
+    const key = e.field.replace(/^settings\./, "");
+    const box = root.querySelector(`[data-field="${CSS.escape(key)}"]`);
+    if (!box) { unplaced.push(`${e.field}: ${e.message}`); continue; }
+    box.querySelector(".error").textContent = e.message;
+    box.querySelector("input, select, textarea")?.setAttribute("aria-invalid", "true");
+  }
+  return unplaced;
+}
+
+/** @param {HTMLElement} box @param {string} text @param {"ok" | "bad" | ""} [kind] */
+function notice(box, text, kind = "") {
+  box.replaceChildren(text ? h("div", { class: `notice ${kind}`, role: kind === "bad" ? "alert" : "status" }, text) : "");
+}
+
+function disableAll(form) {
+  for (const el of form.querySelectorAll("input, select, textarea, button[data-write]")) el.disabled = true;
+}
+
+// ---- pages -----------------------------------------------------------------------------------
+
+function signInPage(message) {
+  const token = h("textarea", { name: "token", rows: 4, required: true, spellcheck: "false" });
+  const status = h("div");
+  const form = h("form", {
+    onsubmit: async (event) => {
+      event.preventDefault();
+      const value = token.value.trim();
+      if (!claims(value)) { notice(status, "That is not a token: paste the output of `mailroom token`.", "bad"); return; }
+      sessionStorage.setItem(TOKEN_KEY, value);
+      session.load();
+      const probe = await fetch("/settings/smtp", { headers: { Authorization: `Bearer ${value}` } });
+      if (probe.status === 401) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        notice(status, "The token was refused (expired, or signed with another key).", "bad");
+        return;
+      }
+      location.hash = "#/smtp";
+    },
+  },
+    field("Token", token, "A token minted with `mailroom token`; kept for this tab only."),
+    h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary" }, "Sign in")),
+    status);
+  if (message) notice(status, message, "bad");
+  return [h("h1", {}, "Sign in"), form];
+}
+
+const SECURITY = [["none", "none"], ["starttls", "STARTTLS"], ["tls", "TLS"]];
+const PROVIDERS = [["microsoft", "Microsoft"], ["google", "Google"], ["generic", "Generic"]];
+
+/** A write-only secret: "set" with Replace / Remove, never the value. */
+function secretControl(name, label, isSet, help) {
+  const state = { change: undefined };
+  const value = input(name, "password", { autocomplete: "new-password" });
+  const status = h("span", {}, isSet ? "set" : "not set");
+  const replace = h("button", { type: "button", "data-write": true, onclick: () => { value.hidden = false; value.focus(); state.change = "replace"; } }, "Replace");
+  const remove = h("button", { type: "button", "data-write": true, onclick: () => { value.hidden = true; value.value = ""; state.change = "remove"; status.textContent = "will be removed on Save"; } }, "Remove");
+  value.hidden = isSet;
+  if (!isSet) state.change = "replace";
+  const box = field(label, value, help);
+  box.insertBefore(h("div", { class: "secret" }, status, isSet ? replace : null, isSet ? remove : null), value);
+  return {
+    box,
+    /** The field's part of a PUT body: absent keeps it, null removes it. */
+    apply(body) {
+      if (state.change === "remove") body[name] = null;
+      else if (state.change === "replace" && value.value !== "") body[name] = value.value;
+    },
+  };
+}
+
+async function smtpPage() {
+  const reply = await api("GET", "/settings/smtp");
+  if (reply.status !== 200) return [h("h1", {}, "SMTP"), h("div", { class: "notice bad" }, reply.body?.detail ?? "Cannot load the SMTP settings.")];
+  const saved = reply.body;
+  let etag = reply.etag;
+  const o = saved.oauth2 ?? {};
+  const c = {
+    host: input("host", "text", { value: saved.host ?? "" }),
+    port: input("port", "number", { min: 1, max: 65535, value: saved.port ?? "" }),
+    security: select("security", SECURITY),
+    username: input("username", "text", { value: saved.username ?? "" }),
+    from_address: input("from_address", "email", { value: saved.from_address ?? "" }),
+    from_name: input("from_name", "text", { value: saved.from_name ?? "" }),
+    reply_to: input("reply_to", "email", { value: saved.reply_to ?? "" }),
+    timeout_seconds: input("timeout_seconds", "number", { min: 1, max: 120, value: saved.timeout_seconds ?? 10 }),
+    tls_verify: input("tls_verify", "checkbox", { checked: saved.tls_verify !== false }),
+    auth: select("auth", [["password", "Password"], ["oauth2", "OAuth 2.0"]]),
+    provider: select("oauth2.provider", PROVIDERS),
+    tenant_id: input("oauth2.tenant_id", "text", { value: o.tenant_id ?? "" }),
+    client_id: input("oauth2.client_id", "text", { value: o.client_id ?? "" }),
+    scope: input("oauth2.scope", "text", { value: o.scope ?? "" }),
+    token_url: input("oauth2.token_url", "text", { value: saved.oauth2 ? o.token_url ?? "" : "" }),
+  };
+  c.security.value = saved.security ?? "starttls";
+  c.auth.value = saved.auth ?? "password";
+  c.provider.value = o.provider ?? "microsoft";
+  const password = secretControl("password", "Password", saved.password_set, "Write-only: the API never returns it.");
+  const clientSecret = secretControl("oauth2.client_secret", "Client secret", !!o.client_secret_set);
+  const serviceAccount = secretControl("oauth2.service_account_json", "Service account key (JSON)", !!o.service_account_json_set);
+  const refreshToken = secretControl("oauth2.refresh_token", "Refresh token", !!o.refresh_token_set);
+  const oauthBox = h("fieldset", {}, h("legend", {}, "OAuth 2.0"),
+    field("Provider", c.provider), field("Tenant", c.tenant_id, "Microsoft: the directory (tenant) ID."),
+    field("Client ID", c.client_id), clientSecret.box, serviceAccount.box, refreshToken.box,
+    field("Scope", c.scope), field("Token URL", c.token_url, "Generic providers: the token endpoint."));
+  const showAuth = () => { oauthBox.hidden = c.auth.value !== "oauth2"; password.box.hidden = c.auth.value === "oauth2"; };
+  c.auth.addEventListener("change", showAuth);
+  showAuth();
+
+  const status = h("div");
+  let dirty = false;
+  const body = () => {
+    const b = {
+      host: c.host.value.trim(),
+      port: c.port.value === "" ? undefined : Number(c.port.value),
+      security: c.security.value,
+      username: c.username.value.trim() || null,
+      from_address: c.from_address.value.trim() || null,
+      from_name: c.from_name.value.trim() || null,
+      reply_to: c.reply_to.value.trim() || null,
+      timeout_seconds: Number(c.timeout_seconds.value || 10),
+      tls_verify: c.tls_verify.checked,
+      auth: c.auth.value,
+    };
+    if (c.auth.value === "oauth2") {
+      const oauth2 = { provider: c.provider.value };
+      for (const k of ["tenant_id", "client_id", "scope", "token_url"]) {
+        const v = c[k].value.trim();
+        if (v) oauth2[k] = v;
+      }
+      clientSecret.apply(oauth2); serviceAccount.apply(oauth2); refreshToken.apply(oauth2);
+      b.oauth2 = oauth2;
+    } else {
+      password.apply(b);
+    }
+    return b;
+  };
+  const form = h("form", {
+    oninput: () => { dirty = true; },
+    onsubmit: async (event) => {
+      event.preventDefault();
+      const put = await api("PUT", "/settings/smtp", body(), etag ? { "If-Match": etag } : {});
+      if (put.status === 200) {
+        etag = put.etag; dirty = false;
+        showErrors(form, null);
+        notice(status, "Saved.", "ok");
+      } else if (put.status === 412) {
+        status.replaceChildren(h("div", { class: "notice bad", role: "alert" },
+          "Someone else saved these settings after you opened them. ",
+          h("button", { type: "button", onclick: () => render() }, "Reload")));
+      } else {
+        const rest = showErrors(form, put.body);
+        notice(status, [put.body?.detail ?? `Saving failed (${put.status}).`, ...rest].join(" "), "bad");
+      }
+    },
+  },
+    h("fieldset", {}, h("legend", {}, "Server"),
+      field("Host", c.host), field("Port", c.port), field("Security", c.security),
+      field("Timeout", c.timeout_seconds, "Seconds to wait for each step."), field("Verify certificate", c.tls_verify)),
+    h("fieldset", {}, h("legend", {}, "Sign-in"), field("Authentication", c.auth), field("Username", c.username), password.box, oauthBox),
+    h("fieldset", {}, h("legend", {}, "Sender"), field("From address", c.from_address), field("From name", c.from_name), field("Reply-to", c.reply_to)),
+    h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", "data-write": true }, "Save")),
+    status);
+  if (!session.can("settings:write")) {
+    disableAll(form);
+    notice(status, "Your token can read these settings but not change them.");
+  }
+  return [h("h1", {}, "SMTP"), form, testPanel(() => (dirty ? body() : null))];
+}
+
+/** Test connection: the steps of a session with the saved settings, or with the unsaved form. */
+function testPanel(draft) {
+  const to = input("to", "email");
+  const result = h("div", { "aria-live": "polite" });
+  const run = h("button", { type: "button", class: "primary" }, "Test connection");
+  run.addEventListener("click", async () => {
+    run.disabled = true;
+    notice(result, "Testing…");
+    try {
+      const request = {};
+      const settings = draft();
+      if (settings) request.settings = settings;
+      if (to.value.trim()) request.to = to.value.trim();
+      const reply = await api("POST", "/settings/smtp/test", request);
+      if (reply.status !== 200) {
+        const rest = showErrors(panel, reply.body);
+        notice(result, [reply.body?.detail ?? `The test could not run (${reply.status}).`, ...rest].join(" "), "bad");
+        return;
+      }
+      result.replaceChildren(report(reply.body));
+    } finally {
+      run.disabled = false;
+    }
+  });
+  if (!session.can("smtp:test")) run.disabled = true;
+  const panel = h("section", { "aria-labelledby": "test-title" },
+    h("h2", { id: "test-title" }, "Test connection"),
+    field("Send a test message to", to, "Optional: without it, the test stops after signing in."),
+    h("div", { class: "buttons" }, run), result);
+  return panel;
+}
+
+/** A test report: each step with its status, duration and SMTP code; the failure's hint. */
+function report(r) {
+  const steps = h("ol", { class: "steps", "aria-label": "Steps" },
+    ...r.steps.map((s) => h("li", { "data-step": s.step },
+      h("span", { class: "name" }, s.step),
+      h("span", { class: s.ok ? "ok" : "failed" }, s.ok ? "passed" : "failed"),
+      h("span", { class: "detail" }, `${s.duration_ms} ms${s.smtp_code ? ` · ${s.smtp_code}` : ""} · ${s.detail}`))));
+  const summary = r.ok
+    ? h("div", { class: "notice ok", role: "status" }, r.message_sent ? "Every step passed and the test message was accepted." : "Every step passed.")
+    : h("div", { class: "notice bad", role: "alert" },
+      h("strong", {}, `Failed at ${r.error.step}: `), r.error.message,
+      r.error.hint ? h("p", { class: "hint" }, `Hint: ${r.error.hint}`) : null);
+  return h("div", { class: "report", "data-ok": String(r.ok) }, summary, steps);
+}
+
+async function generalPage() {
+  const [admin, locale] = await Promise.all([api("GET", "/settings/admin-email"), api("GET", "/settings/locale")]);
+  let etags = { admin: admin.etag, locale: locale.etag };
+  const email = input("email", "email", { value: admin.body?.email ?? "" });
+  const defaultLocale = input("default_locale", "text", { value: locale.body?.default_locale ?? "en" });
+  const status = h("div");
+  const form = h("form", {
+    onsubmit: async (event) => {
+      event.preventDefault();
+      const a = await api("PUT", "/settings/admin-email", { email: email.value.trim() || null }, etags.admin ? { "If-Match": etags.admin } : {});
+      const l = await api("PUT", "/settings/locale", { default_locale: defaultLocale.value.trim() }, etags.locale ? { "If-Match": etags.locale } : {});
+      const failed = [a, l].filter((r) => r.status !== 200);
+      if (a.status === 200) etags.admin = a.etag;
+      if (l.status === 200) etags.locale = l.etag;
+      const rest = failed.flatMap((r) => showErrors(form, r.body));
+      if (!failed.length) { showErrors(form, null); notice(status, "Saved.", "ok"); }
+      else if (failed.some((r) => r.status === 412)) notice(status, "Someone else saved these settings meanwhile: reload the page.", "bad");
+      else notice(status, [failed[0].body?.detail ?? "Saving failed.", ...rest].join(" "), "bad");
+    },
+  },
+    field("Admin email", email, "Where admin notifications (access requests, registrations) go."),
+    field("Default locale", defaultLocale, "A language tag such as en, de or pt-BR."),
+    h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", "data-write": true }, "Save")),
+    status);
+  if (!session.can("settings:write")) {
+    disableAll(form);
+    notice(status, "Your token can read these settings but not change them.");
+  }
+  return [h("h1", {}, "General"), form];
+}
+
+// ---- routing ---------------------------------------------------------------------------------
+
+const PAGES = { "#/smtp": smtpPage, "#/general": generalPage };
+
+async function render(message) {
+  const c = session.load();
+  const signedIn = !!c;
+  const nav = document.getElementById("nav");
+  const out = document.getElementById("sign-out");
+  nav.hidden = !signedIn;
+  out.hidden = !signedIn;
+  document.getElementById("who").textContent = signedIn ? session.sub : "";
+  if (signedIn && c.exp && c.exp * 1000 < Date.now()) {
+    signOut("Your token has expired. Sign in again.");
+    return;
+  }
+  const page = signedIn ? PAGES[location.hash] : null;
+  if (signedIn && !page) { location.hash = "#/smtp"; return; }
+  for (const a of nav.querySelectorAll("a")) {
+    if (a.getAttribute("href") === location.hash) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  try {
+    const nodes = page ? await page() : signInPage(message);
+    main.replaceChildren(...nodes);
+    main.focus();
+  } catch (e) {
+    if (String(e?.message) !== "signed out") main.replaceChildren(h("div", { class: "notice bad", role: "alert" }, `Something went wrong: ${e}`));
+  }
+}
+
+document.getElementById("sign-out").addEventListener("click", () => signOut("Signed out."));
+window.addEventListener("hashchange", () => render());
+render();
