@@ -59,11 +59,15 @@ const session = {
   can(scope) { return this.admin || this.scopes.has(scope); },
 };
 
+/** A message for the next sign-in page (the hash change renders it). */
+let flash = "";
+
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   session.load();
-  location.hash = "#/sign-in";
-  render(message);
+  flash = message;
+  if (location.hash === "#/sign-in") render();
+  else location.hash = "#/sign-in";
 }
 
 /**
@@ -151,6 +155,7 @@ function signInPage(message) {
   const token = h("textarea", { name: "token", rows: 4, required: true, spellcheck: "false" });
   const status = h("div");
   const form = h("form", {
+    novalidate: true,
     onsubmit: async (event) => {
       event.preventDefault();
       const value = token.value.trim();
@@ -231,9 +236,24 @@ async function smtpPage() {
     field("Provider", c.provider), field("Tenant", c.tenant_id, "Microsoft: the directory (tenant) ID."),
     field("Client ID", c.client_id), clientSecret.box, serviceAccount.box, refreshToken.box,
     field("Scope", c.scope), field("Token URL", c.token_url, "Generic providers: the token endpoint."));
-  const showAuth = () => { oauthBox.hidden = c.auth.value !== "oauth2"; password.box.hidden = c.auth.value === "oauth2"; };
+  // Each provider's own fields: Microsoft a tenant and a client secret, Google a service
+  // account key, a generic provider a token URL and a refresh token.
+  const byProvider = {
+    microsoft: [c.tenant_id, c.client_id, clientSecret.box],
+    google: [serviceAccount.box],
+    generic: [c.token_url, c.client_id, clientSecret.box, refreshToken.box],
+  };
+  const boxOf = (el) => (el.classList.contains("field") ? el : el.closest(".field"));
+  const showAuth = () => {
+    oauthBox.hidden = c.auth.value !== "oauth2";
+    password.box.hidden = c.auth.value === "oauth2";
+    const shown = new Set(byProvider[c.provider.value].map(boxOf));
+    for (const el of [c.tenant_id, c.client_id, c.token_url, clientSecret.box, serviceAccount.box, refreshToken.box]) {
+      boxOf(el).hidden = !shown.has(boxOf(el));
+    }
+  };
   c.auth.addEventListener("change", showAuth);
-  showAuth();
+  c.provider.addEventListener("change", showAuth);
 
   const status = h("div");
   let dirty = false;
@@ -254,9 +274,11 @@ async function smtpPage() {
       const oauth2 = { provider: c.provider.value };
       for (const k of ["tenant_id", "client_id", "scope", "token_url"]) {
         const v = c[k].value.trim();
-        if (v) oauth2[k] = v;
+        if (v && !boxOf(c[k]).hidden) oauth2[k] = v;
       }
-      clientSecret.apply(oauth2); serviceAccount.apply(oauth2); refreshToken.apply(oauth2);
+      for (const secret of [clientSecret, serviceAccount, refreshToken]) {
+        if (!secret.box.hidden) secret.apply(oauth2);
+      }
       b.oauth2 = oauth2;
     } else {
       password.apply(b);
@@ -264,6 +286,7 @@ async function smtpPage() {
     return b;
   };
   const form = h("form", {
+    novalidate: true,
     oninput: () => { dirty = true; },
     onsubmit: async (event) => {
       event.preventDefault();
@@ -289,6 +312,7 @@ async function smtpPage() {
     h("fieldset", {}, h("legend", {}, "Sender"), field("From address", c.from_address), field("From name", c.from_name), field("Reply-to", c.reply_to)),
     h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", "data-write": true }, "Save")),
     status);
+  showAuth();
   if (!session.can("settings:write")) {
     disableAll(form);
     notice(status, "Your token can read these settings but not change them.");
@@ -350,6 +374,7 @@ async function generalPage() {
   const defaultLocale = input("default_locale", "text", { value: locale.body?.default_locale ?? "en" });
   const status = h("div");
   const form = h("form", {
+    novalidate: true,
     onsubmit: async (event) => {
       event.preventDefault();
       const a = await api("PUT", "/settings/admin-email", { email: email.value.trim() || null }, etags.admin ? { "If-Match": etags.admin } : {});
@@ -378,7 +403,9 @@ async function generalPage() {
 
 const PAGES = { "#/smtp": smtpPage, "#/general": generalPage };
 
-async function render(message) {
+async function render() {
+  const message = flash;
+  flash = "";
   const c = session.load();
   const signedIn = !!c;
   const nav = document.getElementById("nav");
