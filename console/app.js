@@ -399,11 +399,276 @@ async function generalPage() {
   return [h("h1", {}, "General"), form];
 }
 
+
+// ---- subjects, templates, delivery log --------------------------------------------------------
+
+/** Timers of the page on screen, stopped when another page is rendered. */
+const timers = new Set();
+
+let eventsCache = null;
+async function events() {
+  if (!eventsCache) {
+    const r = await api("GET", "/events");
+    eventsCache = r.status === 200 ? r.body.events : [];
+  }
+  return eventsCache;
+}
+
+const eventOptions = (list) => list.map((e) => [e.event, e.event]);
+
+async function subjectsPage() {
+  const [reply, list] = await Promise.all([api("GET", "/settings/subjects"), events()]);
+  let etag = reply.etag;
+  const described = new Map(list.map((e) => [e.event, e]));
+  const changes = new Map();
+  const rows = reply.body.subjects.map((s) => {
+    const control = input(`subjects.${s.event}`, "text", { value: s.is_default ? "" : s.subject, placeholder: s.default_subject });
+    control.addEventListener("input", () => changes.set(s.event, control.value.trim() || null));
+    const reset = h("button", { type: "button", "data-write": true, onclick: () => { control.value = ""; changes.set(s.event, null); } }, "Reset");
+    const vars = (described.get(s.event)?.variables ?? s.variables ?? []).map((v) => (typeof v === "string" ? v : v.name));
+    const box = field(s.event, control, `${described.get(s.event)?.description ?? ""} Variables: ${vars.join(", ")}`);
+    box.append(h("div", { class: "buttons" }, reset));
+    return box;
+  });
+  const status = h("div");
+  const form = h("form", {
+    novalidate: true,
+    onsubmit: async (event) => {
+      event.preventDefault();
+      if (!changes.size) { notice(status, "Nothing changed."); return; }
+      const r = await api("PATCH", "/settings/subjects", { subjects: Object.fromEntries(changes) }, etag ? { "If-Match": etag } : {});
+      if (r.status === 200) { etag = r.etag; changes.clear(); showErrors(form, null); notice(status, "Saved.", "ok"); }
+      else if (r.status === 412) notice(status, "Someone else saved the subjects meanwhile: reload the page.", "bad");
+      else notice(status, [r.body?.detail ?? `Saving failed (${r.status}).`, ...showErrors(form, r.body)].join(" "), "bad");
+    },
+  }, ...rows, h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", "data-write": true }, "Save")), status);
+  if (!session.can("settings:write")) disableAll(form);
+  return [h("h1", {}, "Subjects"), h("p", {}, "An empty field uses the default subject, shown in grey."), form];
+}
+
+/** Calls `fn` once input has paused for `ms`. */
+function debounce(fn, ms) {
+  let t = 0;
+  return () => { clearTimeout(t); t = setTimeout(fn, ms); };
+}
+
+async function templatesPage() {
+  const list = await events();
+  const locale = await api("GET", "/settings/locale");
+  const event = select("event", eventOptions(list));
+  const tag = input("locale", "text", { value: locale.body?.default_locale ?? "en" });
+  const parts = {
+    subject: input("subject", "text"),
+    text: h("textarea", { name: "text", rows: 10, spellcheck: "false" }),
+    html: h("textarea", { name: "html", rows: 10, spellcheck: "false" }),
+  };
+  const sources = { subject: h("span"), text: h("span"), html: h("span") };
+  const data = h("textarea", { name: "data", rows: 6, spellcheck: "false" });
+  const status = h("div");
+  const preview = {
+    subject: h("p", { class: "preview-subject" }),
+    text: h("pre", { class: "preview-text" }),
+    html: h("iframe", { title: "HTML preview", sandbox: "", class: "preview-html" }),
+    errors: h("div", { role: "status" }),
+  };
+  let etag = null;
+  const draft = () => {
+    const t = {};
+    for (const [k, el] of Object.entries(parts)) if (el.value.trim()) t[k] = el.value;
+    return t;
+  };
+  const refresh = async () => {
+    let example;
+    try { example = data.value.trim() ? JSON.parse(data.value) : undefined; }
+    catch { notice(preview.errors, "The data is not valid JSON.", "bad"); return; }
+    const body = { event: event.value, locale: tag.value.trim() || null, data: example };
+    const t = draft();
+    if (Object.keys(t).length) body.template = t;
+    const r = await api("POST", "/settings/templates/preview", body);
+    if (r.status !== 200) {
+      notice(preview.errors, (r.body?.errors ?? [{ message: r.body?.detail ?? `Preview failed (${r.status}).` }]).map((e) => e.message).join(" "), "bad");
+      return;
+    }
+    notice(preview.errors, `Rendered with the ${r.body.locale_used} templates.`);
+    preview.subject.textContent = r.body.subject;
+    preview.text.textContent = r.body.text;
+    // Sandboxed without allow-scripts: a template's markup is shown, never run.
+    preview.html.srcdoc = r.body.html;
+  };
+  const later = debounce(refresh, 300);
+  const load = async () => {
+    const info = list.find((e) => e.event === event.value);
+    data.value = JSON.stringify(Object.fromEntries((info?.variables ?? []).map((v) => [v.name, v.example])), null, 2);
+    const r = await api("GET", `/settings/templates/${encodeURIComponent(event.value)}/${encodeURIComponent(tag.value.trim() || "en")}`);
+    if (r.status !== 200) { notice(status, r.body?.detail ?? `Cannot load the template (${r.status}).`, "bad"); return; }
+    etag = r.etag;
+    for (const k of Object.keys(parts)) {
+      parts[k].value = r.body.stored?.[k] ?? "";
+      const eff = r.body.effective?.[k];
+      parts[k].placeholder = eff?.template ?? "";
+      sources[k].textContent = eff ? `In effect: ${eff.source === "builtin" ? "built in" : eff.source}` : "";
+    }
+    notice(status, "");
+    await refresh();
+  };
+  event.addEventListener("change", load);
+  tag.addEventListener("change", load);
+  for (const el of [...Object.values(parts), data]) el.addEventListener("input", later);
+  const path = () => `/settings/templates/${encodeURIComponent(event.value)}/${encodeURIComponent(tag.value.trim())}`;
+  const save = h("button", { type: "submit", class: "primary", "data-write": true }, "Save");
+  const remove = h("button", {
+    type: "button", "data-write": true,
+    onclick: async () => {
+      const r = await api("DELETE", path(), undefined, etag ? { "If-Match": etag } : {});
+      if (r.status === 204) { notice(status, "Deleted: the parts fall back along the locale chain.", "ok"); await load(); }
+      else notice(status, r.body?.detail ?? `Deleting failed (${r.status}).`, "bad");
+    },
+  }, "Delete");
+  const form = h("form", {
+    novalidate: true,
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const r = await api("PUT", path(), draft(), etag ? { "If-Match": etag } : {});
+      if (r.status === 200) { etag = r.etag; showErrors(form, null); notice(status, "Saved.", "ok"); }
+      else if (r.status === 412) notice(status, "Someone else saved this template meanwhile: reload it.", "bad");
+      else notice(status, [r.body?.detail ?? `Saving failed (${r.status}).`, ...showErrors(form, r.body)].join(" "), "bad");
+    },
+  },
+    h("div", { class: "row" }, field("Event", event), field("Locale", tag, "A language tag such as de or pt-BR.")),
+    h("div", { class: "editor" },
+      h("div", {},
+        field("Subject", parts.subject), sources.subject,
+        field("Text", parts.text), sources.text,
+        field("HTML", parts.html), sources.html,
+        field("Example data (JSON)", data)),
+      h("section", { class: "preview", "aria-label": "Preview" },
+        h("h2", {}, "Preview"), preview.errors, preview.subject, preview.text, preview.html)),
+    h("div", { class: "buttons" }, save, remove), status);
+  if (!session.can("settings:write")) { save.disabled = true; remove.disabled = true; }
+  await load();
+  return [h("h1", {}, "Templates"), form];
+}
+
+const STATUSES = ["held", "queued", "sending", "sent", "failed", "expired", "suppressed"];
+
+async function deliveryPage() {
+  const list = await events();
+  const stats = h("div", { class: "stats", "aria-live": "polite" });
+  const showStats = async () => {
+    const r = await api("GET", "/notifications/stats");
+    if (r.status !== 200) return;
+    const s = r.body;
+    stats.replaceChildren(
+      h("span", {}, `Queued: ${s.counts.queued}`),
+      h("span", {}, `Oldest queued: ${s.oldest_queued_age_seconds ?? 0} s`),
+      h("span", {}, `Last success: ${s.last_success ? new Date(s.last_success.at).toLocaleString() : "none"}`),
+      h("span", {}, `Last error: ${s.last_error ? `${s.last_error.reply ?? ""} (${new Date(s.last_error.at).toLocaleString()})` : "none"}`));
+  };
+  const filters = {
+    status: select("status", [["", "any"], ...STATUSES.map((x) => [x, x])]),
+    event: select("event", [["", "any"], ...eventOptions(list)]),
+    to: input("to", "email"),
+    since: input("since", "datetime-local"),
+  };
+  const rows = h("tbody");
+  const more = h("button", { type: "button", hidden: true }, "Older");
+  const detail = h("section", { "aria-live": "polite" });
+  let cursor = null;
+  const query = () => {
+    const q = new URLSearchParams();
+    for (const [k, el] of Object.entries(filters)) {
+      if (!el.value) continue;
+      q.set(k, k === "since" ? new Date(el.value).toISOString() : el.value.trim());
+    }
+    if (cursor) q.set("cursor", cursor);
+    return q.toString();
+  };
+  const showList = async (append = false) => {
+    if (!append) cursor = null;
+    const r = await api("GET", `/notifications?${query()}`);
+    if (r.status !== 200) { rows.replaceChildren(h("tr", {}, h("td", { colspan: 5 }, r.body?.detail ?? "Cannot list notifications."))); return; }
+    const trs = r.body.notifications.map((n) => h("tr", { "data-status": n.status },
+      h("td", {}, h("button", { type: "button", class: "link", onclick: () => showDetail(n.id) }, n.status)),
+      h("td", {}, n.event), h("td", {}, n.to ?? "(admin)"), h("td", {}, n.subject), h("td", {}, new Date(n.created_at).toLocaleString())));
+    if (append) rows.append(...trs); else rows.replaceChildren(...trs);
+    cursor = r.body.next_cursor;
+    more.hidden = !cursor;
+  };
+  more.addEventListener("click", () => showList(true));
+  const showDetail = async (id) => {
+    const r = await api("GET", `/notifications/${id}`);
+    if (r.status !== 200) { notice(detail, r.body?.detail ?? "Cannot load it.", "bad"); return; }
+    const n = r.body;
+    const retry = ["failed", "expired", "queued"].includes(n.status) && session.can("notifications:send")
+      ? h("button", { type: "button", onclick: async () => { const x = await api("POST", `/notifications/${id}/retry`); notice(detail, x.status === 202 ? "Queued again." : x.body?.detail ?? "Retry failed.", x.status === 202 ? "ok" : "bad"); await showList(); } }, "Retry")
+      : null;
+    detail.replaceChildren(h("h2", {}, `Notification ${n.id}`),
+      h("dl", {},
+        h("dt", {}, "Status"), h("dd", { "data-detail": "status" }, `${n.status}${n.status_reason ? ` (${n.status_reason})` : ""}`),
+        h("dt", {}, "Recipient"), h("dd", {}, n.to ?? "(admin)"),
+        h("dt", {}, "Subject"), h("dd", {}, n.subject),
+        h("dt", {}, "Created"), h("dd", {}, new Date(n.created_at).toLocaleString()),
+        h("dt", {}, "Sent"), h("dd", {}, n.sent_at ? new Date(n.sent_at).toLocaleString() : "not yet")),
+      h("h3", {}, "Attempts"),
+      h("ol", { class: "steps" }, ...n.attempts.map((a) => h("li", {},
+        h("span", { class: "name" }, a.outcome), h("span", {}, a.smtp_code ?? ""), h("span", { class: "detail" }, `${new Date(a.at).toLocaleString()} · ${a.reply}`)))),
+      retry);
+  };
+  const flush = h("button", { type: "button", onclick: async () => { const r = await api("POST", "/notifications/flush"); notice(detail, r.status === 200 ? `${r.body.flushed} made due now.` : r.body?.detail ?? "Flush failed.", r.status === 200 ? "ok" : "bad"); await showStats(); } }, "Flush");
+  if (!session.can("notifications:send")) flush.disabled = true;
+
+  const testEvent = select("test_event", eventOptions(list));
+  const testTo = input("test_to", "email");
+  const testData = h("textarea", { name: "test_data", rows: 5, spellcheck: "false" });
+  const fill = () => {
+    const info = list.find((e) => e.event === testEvent.value);
+    testData.value = JSON.stringify(Object.fromEntries((info?.variables ?? []).filter((v) => v.required).map((v) => [v.name, v.example])), null, 2);
+  };
+  testEvent.addEventListener("change", fill);
+  fill();
+  const sent = h("div");
+  const send = h("form", {
+    novalidate: true,
+    onsubmit: async (e) => {
+      e.preventDefault();
+      let d;
+      try { d = JSON.parse(testData.value || "{}"); } catch { notice(sent, "The data is not valid JSON.", "bad"); return; }
+      const body = { event: testEvent.value, data: d };
+      if (testTo.value.trim()) body.to = testTo.value.trim();
+      const r = await api("POST", "/notifications", body);
+      if (r.status === 202) { notice(sent, `Accepted: ${r.body.id} (${r.body.status}).`, "ok"); await showList(); }
+      else notice(sent, [r.body?.detail ?? `Refused (${r.status}).`, ...showErrors(send, r.body)].join(" "), "bad");
+    },
+  },
+    h("h2", {}, "Send test notification"),
+    field("Event", testEvent), field("Recipient", testTo, "Leave empty for an admin event."), field("Data (JSON)", testData),
+    h("div", { class: "buttons" }, h("button", { type: "submit", disabled: !session.can("notifications:send") }, "Send test notification")), sent);
+
+  const apply = h("button", { type: "button", onclick: () => showList() }, "Apply filters");
+  await Promise.all([showStats(), showList()]);
+  const tick = setInterval(() => { showStats(); showList(); }, 5000);
+  timers.add(tick);
+  return [h("h1", {}, "Delivery log"),
+    h("div", { class: "buttons" }, stats, h("button", { type: "button", onclick: () => { showStats(); showList(); } }, "Refresh"), flush),
+    h("div", { class: "filters" }, field("Status", filters.status), field("Event", filters.event), field("Recipient", filters.to), field("Since", filters.since), apply),
+    h("table", {}, h("caption", {}, "Newest first"),
+      h("thead", {}, h("tr", {}, ...["Status", "Event", "Recipient", "Subject", "Created"].map((t) => h("th", { scope: "col" }, t)))), rows),
+    more, detail, send];
+}
+
 // ---- routing ---------------------------------------------------------------------------------
 
-const PAGES = { "#/smtp": smtpPage, "#/general": generalPage };
+const PAGES = {
+  "#/smtp": smtpPage,
+  "#/general": generalPage,
+  "#/subjects": subjectsPage,
+  "#/templates": templatesPage,
+  "#/delivery": deliveryPage,
+};
 
 async function render() {
+  for (const t of timers) clearInterval(t);
+  timers.clear();
   const message = flash;
   flash = "";
   const c = session.load();

@@ -8,9 +8,11 @@ use include_dir::{include_dir, Dir};
 
 static ASSETS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/console");
 
-/// Scripts, styles and images from this origin only; no inline script; nothing may frame the
-/// console. The preview's `srcdoc` iframe inherits this policy and is sandboxed without scripts.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+/// Scripts and images from this origin only; no inline script; nothing may frame the console.
+/// The preview's `srcdoc` iframe inherits this policy (and is sandboxed without scripts): mail
+/// HTML styles itself inline, so inline styles are allowed, never inline script.
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
     img-src 'self' data:; connect-src 'self'; frame-src 'self'; frame-ancestors 'none'; \
     base-uri 'none'; form-action 'self'; object-src 'none'";
 

@@ -116,6 +116,56 @@ await scenario("the admin address and default locale are saved on the General pa
   await page.screenshot({ path: `${shots}/general.png`, fullPage: true });
 });
 
+await scenario("a subject is saved on the Subjects page", async (page) => {
+  await signIn(page, env("ADMIN_TOKEN"));
+  await page.getByRole("link", { name: "Subjects" }).click();
+  await page.getByRole("heading", { name: "Subjects" }).waitFor();
+  await page.getByLabel("access_request_approved").fill("Access to {{ product_name }} granted");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByText("Saved.").waitFor();
+  const subjects = await page.evaluate(async (token) => {
+    const r = await fetch("/settings/subjects", { headers: { Authorization: `Bearer ${token}` } });
+    return (await r.json()).subjects;
+  }, env("ADMIN_TOKEN"));
+  assert.equal(subjects.find((x) => x.event === "access_request_approved").subject, "Access to {{ product_name }} granted");
+  await accessible(page, "Subjects");
+  await page.screenshot({ path: `${shots}/subjects.png`, fullPage: true });
+});
+
+await scenario("editing a German template changes the live preview, and Save stores it", async (page) => {
+  await signIn(page, env("ADMIN_TOKEN"));
+  await page.getByRole("link", { name: "Templates" }).click();
+  await page.getByRole("heading", { name: "Templates" }).waitFor();
+  await page.getByLabel("Event").selectOption("access_request_approved");
+  await page.getByLabel("Locale").fill("de");
+  await page.getByLabel("Locale").dispatchEvent("change");
+  await page.locator(".preview-subject").filter({ hasText: /\S/ }).waitFor();
+  await page.getByLabel("Subject").fill("Zugang zu {{ product_name }} gewährt");
+  await page.locator(".preview-subject").filter({ hasText: "Zugang zu" }).waitFor();
+  await page.getByLabel("Text").fill("Hallo {{ user_name }}, willkommen.");
+  await page.locator(".preview-text").filter({ hasText: "willkommen" }).waitFor();
+  assert.equal(await page.locator("iframe.preview-html").getAttribute("sandbox"), "");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByText("Saved.").waitFor();
+  await accessible(page, "Templates");
+  await page.screenshot({ path: `${shots}/templates.png`, fullPage: true });
+});
+
+await scenario("a test notification reaches sent in the delivery log", async (page) => {
+  await signIn(page, env("ADMIN_TOKEN"));
+  await page.getByRole("link", { name: "Delivery log" }).click();
+  await page.getByRole("heading", { name: "Delivery log" }).waitFor();
+  await page.getByLabel("Event", { exact: true }).nth(1).selectOption("user_deactivated");
+  await page.getByLabel("Recipient").nth(1).fill("ada@example.com");
+  await page.getByRole("button", { name: "Send test notification" }).click();
+  await page.getByText("Accepted:").waitFor();
+  await page.locator('tbody tr[data-status="sent"]').first().waitFor({ timeout: 20000 });
+  await page.locator('tbody tr[data-status="sent"] button').first().click();
+  await page.locator('[data-detail="status"]').filter({ hasText: "sent" }).waitFor();
+  await accessible(page, "Delivery log");
+  await page.screenshot({ path: `${shots}/delivery.png`, fullPage: true });
+});
+
 await scenario("a settings:read token sees the settings with Save disabled", async (page) => {
   await signIn(page, env("READER_TOKEN"));
   assert.equal(await page.getByRole("button", { name: "Save" }).isDisabled(), true);
