@@ -656,6 +656,152 @@ async function deliveryPage() {
     more, detail, send];
 }
 
+// ---- branding, suppressions, webhooks, audit --------------------------------------------------
+
+async function brandingPage() {
+  const reply = await api("GET", "/settings/branding");
+  let etag = reply.etag;
+  const b = reply.body ?? {};
+  const c = {
+    product_name: input("product_name", "text", { value: b.product_name ?? "" }),
+    product_url: input("product_url", "text", { value: b.product_url ?? "" }),
+    logo_url: input("logo_url", "text", { value: b.logo_url ?? "" }),
+    primary_color: input("primary_color", "color", { value: b.primary_color ?? "#0b5cad" }),
+    footer_text: h("textarea", { name: "footer_text", rows: 3 }, b.footer_text ?? ""),
+    support_email: input("support_email", "email", { value: b.support_email ?? "" }),
+  };
+  const frame = h("iframe", { title: "Layout preview", sandbox: "", class: "preview-html" });
+  const preview = async () => {
+    const list = await events();
+    const r = await api("POST", "/settings/templates/preview", { event: list[0]?.event ?? "password_reset" });
+    if (r.status === 200) frame.srcdoc = r.body.html;
+  };
+  const status = h("div");
+  const form = h("form", {
+    novalidate: true,
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const body = {};
+      for (const [k, el] of Object.entries(c)) body[k] = el.value.trim() || null;
+      const r = await api("PUT", "/settings/branding", body, etag ? { "If-Match": etag } : {});
+      if (r.status === 200) { etag = r.etag; showErrors(form, null); notice(status, "Saved.", "ok"); await preview(); }
+      else if (r.status === 412) notice(status, "Someone else saved the branding meanwhile: reload the page.", "bad");
+      else notice(status, [r.body?.detail ?? `Saving failed (${r.status}).`, ...showErrors(form, r.body)].join(" "), "bad");
+    },
+  },
+    field("Product name", c.product_name), field("Product URL", c.product_url), field("Logo URL", c.logo_url),
+    field("Colour", c.primary_color), field("Footer", c.footer_text), field("Support address", c.support_email),
+    h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", "data-write": true }, "Save")), status);
+  if (!session.can("settings:write")) disableAll(form);
+  await preview();
+  return [h("h1", {}, "Branding"), form, h("h2", {}, "Layout preview"), frame];
+}
+
+async function suppressionsPage() {
+  const rows = h("tbody");
+  const status = h("div");
+  const show = async () => {
+    const r = await api("GET", "/suppressions");
+    if (r.status !== 200) { notice(status, r.body?.detail ?? "Cannot list the suppression list.", "bad"); return; }
+    rows.replaceChildren(...r.body.suppressions.map((x) => h("tr", {},
+      h("td", {}, x.address), h("td", {}, x.reason), h("td", {}, x.source), h("td", {}, new Date(x.created_at).toLocaleString()),
+      h("td", {}, h("button", {
+        type: "button", "data-write": true, disabled: !session.can("settings:write"), "aria-label": `Remove ${x.address}`,
+        onclick: async () => { const d = await api("DELETE", `/suppressions/${encodeURIComponent(x.address)}`); notice(status, d.status === 204 ? `${x.address} removed.` : d.body?.detail ?? "Removing failed.", d.status === 204 ? "ok" : "bad"); await show(); },
+      }, "Remove")))));
+  };
+  const address = input("address", "email");
+  const reason = input("reason", "text");
+  const form = h("form", {
+    novalidate: true,
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const r = await api("POST", "/suppressions", { address: address.value.trim(), reason: reason.value.trim() || null });
+      if (r.status === 200 || r.status === 201) { showErrors(form, null); notice(status, `${address.value.trim()} will not be mailed.`, "ok"); address.value = ""; await show(); }
+      else notice(status, [r.body?.detail ?? `Adding failed (${r.status}).`, ...showErrors(form, r.body)].join(" "), "bad");
+    },
+  }, h("h2", {}, "Add an address"), field("Address", address), field("Reason", reason),
+    h("div", { class: "buttons" }, h("button", { type: "submit", "data-write": true }, "Add")));
+  if (!session.can("settings:write")) disableAll(form);
+  await show();
+  return [h("h1", {}, "Suppressions"),
+    h("table", {}, h("caption", {}, "Addresses that are never mailed"),
+      h("thead", {}, h("tr", {}, ...["Address", "Reason", "Source", "Since", "Action"].map((t) => h("th", { scope: "col" }, t)))), rows),
+    form, status];
+}
+
+async function webhooksPage() {
+  const reply = await api("GET", "/settings/webhooks");
+  let etag = reply.etag;
+  let endpoints = reply.body?.endpoints ?? [];
+  const list = h("div");
+  const status = h("div");
+  const deliveries = h("tbody");
+  const showDeliveries = async () => {
+    if (!session.can("notifications:read")) return;
+    const r = await api("GET", "/webhooks/deliveries?limit=20");
+    if (r.status !== 200) return;
+    deliveries.replaceChildren(...r.body.deliveries.map((d) => h("tr", {},
+      h("td", {}, d.event_type), h("td", {}, d.status), h("td", {}, String(d.attempts)), h("td", {}, d.last_status_code ? String(d.last_status_code) : d.last_error ?? ""),
+      h("td", {}, new Date(d.updated_at).toLocaleString()))));
+  };
+  const save = async (next) => {
+    const body = { endpoints: next.map((e) => ({ id: e.id, url: e.url, events: e.events, enabled: e.enabled })) };
+    const r = await api("PUT", "/settings/webhooks", body, etag ? { "If-Match": etag } : {});
+    if (r.status !== 200) { notice(status, [r.body?.detail ?? `Saving failed (${r.status}).`, ...(r.body?.errors ?? []).map((x) => `${x.field}: ${x.message}`)].join(" "), "bad"); return; }
+    etag = r.etag;
+    endpoints = r.body.endpoints;
+    const shown = endpoints.filter((e) => e.secret);
+    // A new endpoint's signing secret is shown once, in this answer only.
+    notice(status, shown.length ? `Saved. Signing secret (shown once): ${shown.map((e) => e.secret).join(", ")}` : "Saved.", "ok");
+    draw();
+  };
+  const draw = () => {
+    list.replaceChildren(...endpoints.map((e) => h("fieldset", {}, h("legend", {}, e.url),
+      h("p", {}, `Events: ${e.events.join(", ") || "all"} · ${e.enabled ? "enabled" : "disabled"} · secret ${e.secret_set ? "set" : "not set"}`),
+      h("div", { class: "buttons" },
+        h("button", {
+          type: "button", disabled: !session.can("settings:write"),
+          onclick: async () => { const r = await api("POST", `/settings/webhooks/${encodeURIComponent(e.id)}/test`); notice(status, r.status === 200 ? (r.body.ok ? `The endpoint answered ${r.body.status_code} in ${r.body.duration_ms} ms.` : `The test failed: ${r.body.error ?? r.body.status_code}`) : r.body?.detail ?? "The test could not run.", r.status === 200 && r.body.ok ? "ok" : "bad"); },
+        }, "Send test"),
+        h("button", { type: "button", "data-write": true, disabled: !session.can("settings:write"), onclick: () => save(endpoints.filter((x) => x.id !== e.id)) }, "Remove")))));
+  };
+  const url = input("url", "text");
+  const form = h("form", {
+    novalidate: true,
+    onsubmit: async (ev) => { ev.preventDefault(); await save([...endpoints, { url: url.value.trim(), events: [], enabled: true }]); },
+  }, h("h2", {}, "Add an endpoint"), field("URL", url, "https://, or http:// to a loopback address."),
+    h("div", { class: "buttons" }, h("button", { type: "submit", "data-write": true }, "Add")));
+  if (!session.can("settings:write")) disableAll(form);
+  draw();
+  await showDeliveries();
+  return [h("h1", {}, "Webhooks"), list, form, status, h("h2", {}, "Deliveries"),
+    h("table", {}, h("caption", {}, "The newest calls"),
+      h("thead", {}, h("tr", {}, ...["Event", "Status", "Attempts", "Last answer", "Updated"].map((t) => h("th", { scope: "col" }, t)))), deliveries)];
+}
+
+async function auditPage() {
+  const rows = h("tbody");
+  const more = h("button", { type: "button", hidden: true }, "Older");
+  let cursor = null;
+  const show = async (append) => {
+    const r = await api("GET", `/settings/audit?limit=50${append && cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+    if (r.status !== 200) return;
+    const trs = r.body.entries.map((e) => h("tr", {},
+      h("td", {}, new Date(e.occurred_at).toLocaleString()), h("td", {}, e.actor), h("td", {}, e.action), h("td", {}, e.resource),
+      h("td", {}, (e.details?.changes ?? []).map((c) => c.field).join(", ") || (e.details?.error_code ?? (e.details?.ok === true ? "ok" : "")))));
+    if (append) rows.append(...trs); else rows.replaceChildren(...trs);
+    cursor = r.body.next_cursor;
+    more.hidden = !cursor;
+  };
+  more.addEventListener("click", () => show(true));
+  await show(false);
+  return [h("h1", {}, "Audit"),
+    h("table", {}, h("caption", {}, "Who changed what, newest first"),
+      h("thead", {}, h("tr", {}, ...["When", "Who", "Action", "Resource", "Fields"].map((t) => h("th", { scope: "col" }, t)))), rows),
+    more];
+}
+
 // ---- routing ---------------------------------------------------------------------------------
 
 const PAGES = {
@@ -664,6 +810,10 @@ const PAGES = {
   "#/subjects": subjectsPage,
   "#/templates": templatesPage,
   "#/delivery": deliveryPage,
+  "#/branding": brandingPage,
+  "#/suppressions": suppressionsPage,
+  "#/webhooks": webhooksPage,
+  "#/audit": auditPage,
 };
 
 async function render() {

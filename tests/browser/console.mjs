@@ -166,6 +166,55 @@ await scenario("a test notification reaches sent in the delivery log", async (pa
   await page.screenshot({ path: `${shots}/delivery.png`, fullPage: true });
 });
 
+await scenario("branding, suppressions, webhooks and audit pages work and are accessible", async (page) => {
+  await signIn(page, env("ADMIN_TOKEN"));
+  await page.getByRole("link", { name: "Branding" }).click();
+  await page.getByRole("heading", { name: "Branding" }).waitFor();
+  await page.getByLabel("Product name").fill("Developer Portal");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByText("Saved.").waitFor();
+  await accessible(page, "Branding");
+  await page.screenshot({ path: `${shots}/branding.png`, fullPage: true });
+
+  await page.getByRole("link", { name: "Suppressions" }).click();
+  await page.getByRole("heading", { name: "Suppressions" }).waitFor();
+  await page.getByLabel("Address").fill("bounced@example.com");
+  await page.getByRole("button", { name: "Add" }).click();
+  await page.getByRole("cell", { name: "bounced@example.com", exact: true }).waitFor();
+  await accessible(page, "Suppressions");
+  await page.screenshot({ path: `${shots}/suppressions.png`, fullPage: true });
+  await page.getByRole("button", { name: "Remove bounced@example.com" }).click();
+  await page.getByText("bounced@example.com removed.").waitFor();
+
+  await page.getByRole("link", { name: "Webhooks" }).click();
+  await page.getByRole("heading", { name: "Webhooks" }).waitFor();
+  await page.getByLabel("URL").fill(`${base}/hook`);
+  await page.getByRole("button", { name: "Add" }).click();
+  await page.getByText("Signing secret (shown once): whsec_").waitFor();
+  await accessible(page, "Webhooks");
+  await page.screenshot({ path: `${shots}/webhooks.png`, fullPage: true });
+
+  await page.getByRole("link", { name: "Audit" }).click();
+  await page.getByRole("heading", { name: "Audit" }).waitFor();
+  await page.getByRole("cell", { name: "settings.updated" }).first().waitFor();
+  await accessible(page, "Audit");
+  await page.screenshot({ path: `${shots}/audit.png`, fullPage: true });
+});
+
+await scenario("every page fits a 360 px wide screen", async (page) => {
+  await page.setViewportSize({ width: 360, height: 740 });
+  await signIn(page, env("ADMIN_TOKEN"));
+  for (const name of ["SMTP", "General", "Subjects", "Templates", "Branding", "Delivery log", "Suppressions", "Webhooks", "Audit"]) {
+    await page.getByRole("link", { name, exact: true }).click();
+    await page.getByRole("heading", { name, level: 1 }).waitFor();
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `${name} is ${overflow} px wider than the screen`);
+  }
+  await page.getByRole("link", { name: "SMTP", exact: true }).click();
+  await page.getByRole("heading", { name: "SMTP", level: 1 }).waitFor();
+  await page.screenshot({ path: `${shots}/smtp-360.png`, fullPage: true });
+});
+
 await scenario("a settings:read token sees the settings with Save disabled", async (page) => {
   await signIn(page, env("READER_TOKEN"));
   assert.equal(await page.getByRole("button", { name: "Save" }).isDisabled(), true);
