@@ -770,7 +770,7 @@ async function webhooksPage() {
   const form = h("form", {
     novalidate: true,
     onsubmit: async (ev) => { ev.preventDefault(); await save([...endpoints, { url: url.value.trim(), events: [], enabled: true }]); },
-  }, h("h2", {}, "Add an endpoint"), field("URL", url, "https://, or http:// to a loopback address."),
+  }, h("h2", {}, "Add an endpoint"), field("URL", url, "An https URL, or plain http to a loopback address."),
     h("div", { class: "buttons" }, h("button", { type: "submit", "data-write": true }, "Add")));
   if (!session.can("settings:write")) disableAll(form);
   draw();

@@ -215,6 +215,32 @@ await scenario("every page fits a 360 px wide screen", async (page) => {
   await page.screenshot({ path: `${shots}/smtp-360.png`, fullPage: true });
 });
 
+await scenario("signing in and reaching the SMTP test works with the keyboard alone, focus visible", async (page) => {
+  await page.goto(`${base}/console/`);
+  const focused = () => page.evaluate(() => {
+    const el = document.activeElement;
+    return { name: el?.getAttribute("name") ?? el?.textContent?.trim() ?? "", outline: el ? getComputedStyle(el).outlineStyle : "" };
+  });
+  const tabTo = async (want, max = 40) => {
+    for (let i = 0; i < max; i++) {
+      await page.keyboard.press("Tab");
+      const f = await focused();
+      if (f.name === want) return f;
+    }
+    throw new Error(`Tab never reached ${want}`);
+  };
+  const token = await tabTo("token");
+  assert.notEqual(token.outline, "none", "the focused field shows no focus ring");
+  await page.keyboard.type(env("ADMIN_TOKEN"));
+  await tabTo("Sign in");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "SMTP", level: 1 }).waitFor();
+  const button = await tabTo("Test connection", 80);
+  assert.notEqual(button.outline, "none", "the focused button shows no focus ring");
+  await page.keyboard.press("Enter");
+  await page.locator(".report").waitFor();
+});
+
 await scenario("a settings:read token sees the settings with Save disabled", async (page) => {
   await signIn(page, env("READER_TOKEN"));
   assert.equal(await page.getByRole("button", { name: "Save" }).isDisabled(), true);
