@@ -6,6 +6,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use include_dir::{include_dir, Dir};
 
+use crate::error::ApiError;
+
 static ASSETS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/console");
 
 /// Scripts and images from this origin only; no inline script; nothing may frame the console.
@@ -24,24 +26,14 @@ pub async fn redirect() -> HttpResponse {
 }
 
 /// `/console/{path}`: an embedded file, `index.html` for the bare folder.
-pub async fn asset(req: HttpRequest) -> HttpResponse {
+pub async fn asset(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let path = req.match_info().query("path");
     let path = if path.is_empty() { "index.html" } else { path };
-    let Some(file) = ASSETS.get_file(path).filter(|_| !path.contains("..")) else {
-        return HttpResponse::NotFound()
-            .content_type(crate::error::PROBLEM_JSON)
-            .body(
-                serde_json::json!({
-                    "type": "urn:mailroom:problem:not_found",
-                    "title": "Not Found",
-                    "status": 404,
-                    "detail": format!("the console has no file {path}"),
-                    "code": "not_found",
-                })
-                .to_string(),
-            );
-    };
-    HttpResponse::Ok()
+    let file = ASSETS
+        .get_file(path)
+        .filter(|_| !path.contains(".."))
+        .ok_or_else(|| ApiError::NotFound(format!("the console has no file {path}")))?;
+    Ok(HttpResponse::Ok()
         .content_type(content_type(path))
         .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
@@ -49,7 +41,7 @@ pub async fn asset(req: HttpRequest) -> HttpResponse {
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         // The page is small; a new binary must never be paired with an old cached script.
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(file.contents())
+        .body(file.contents()))
 }
 
 fn content_type(path: &str) -> &'static str {

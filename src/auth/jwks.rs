@@ -30,9 +30,17 @@ pub struct Jwks {
 
 #[derive(Default)]
 struct Cached {
-    keys: Option<JwkSet>,
+    /// The set as of the last fetch, each key made ready to verify once, when it was fetched.
+    keys: Option<Vec<Key>>,
     fetched_at: Option<Instant>,
     tried_at: Option<Instant>,
+}
+
+/// One published key, ready to verify with.
+struct Key {
+    kid: Option<String>,
+    alg: Option<KeyAlgorithm>,
+    decoding: DecodingKey,
 }
 
 impl Jwks {
@@ -55,11 +63,11 @@ impl Jwks {
         let fresh = cached.fetched_at.is_some_and(|at| at.elapsed() < FRESH_FOR);
         if let Some(known) = cached
             .keys
-            .as_ref()
+            .as_deref()
             .and_then(|k| find(k, kid, alg))
             .filter(|_| fresh)
         {
-            return decoding_key(known);
+            return Ok(known.decoding.clone());
         }
         let may_fetch = cached.tried_at.is_none_or(|at| at.elapsed() >= self.min_refetch);
         if may_fetch {
@@ -79,13 +87,14 @@ impl Jwks {
                 }
             }
         }
-        match cached.keys.as_ref().and_then(|k| find(k, kid, alg)) {
-            Some(jwk) => decoding_key(jwk),
+        match cached.keys.as_deref().and_then(|k| find(k, kid, alg)) {
+            Some(key) => Ok(key.decoding.clone()),
             None => Err("the token's signing key is not among the issuer's keys".into()),
         }
     }
 
-    async fn fetch(&self) -> Result<JwkSet, String> {
+    /// The published set, each usable key converted once; keys that cannot be used are left out.
+    async fn fetch(&self) -> Result<Vec<Key>, String> {
         let (client, url) = crate::outbound::client_for(&self.policy, &self.url, TIMEOUT).await?;
         let response = client
             .get(url)
@@ -96,34 +105,35 @@ impl Jwks {
         if !response.status().is_success() {
             return Err(format!("the JWKS URL answered {}", response.status().as_u16()));
         }
-        let body = crate::outbound::read_capped(response, MAX_BYTES).await?;
-        serde_json::from_slice(&body).map_err(|e| format!("the JWKS is not a key set: {e}"))
+        let body = crate::outbound::read_capped(response, MAX_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        let set: JwkSet =
+            serde_json::from_slice(&body).map_err(|e| format!("the JWKS is not a key set: {e}"))?;
+        Ok(set.keys.iter().filter_map(ready).collect())
     }
 }
 
+fn ready(jwk: &Jwk) -> Option<Key> {
+    let decoding = DecodingKey::from_jwk(jwk).ok()?;
+    Some(Key {
+        kid: jwk.common.key_id.clone(),
+        alg: jwk.common.key_algorithm,
+        decoding,
+    })
+}
+
 /// The key named `kid`; without a `kid`, the one key of the set that fits `alg`.
-fn find<'a>(keys: &'a JwkSet, kid: Option<&str>, alg: Algorithm) -> Option<&'a Jwk> {
-    let fits = |k: &&Jwk| {
-        k.common
-            .key_algorithm
-            .is_none_or(|a| a == KeyAlgorithm::from(alg))
-    };
+fn find<'a>(keys: &'a [Key], kid: Option<&str>, alg: Algorithm) -> Option<&'a Key> {
+    let fits = |k: &&Key| k.alg.is_none_or(|a| a == KeyAlgorithm::from(alg));
     match kid {
-        Some(kid) => keys
-            .keys
-            .iter()
-            .filter(fits)
-            .find(|k| k.common.key_id.as_deref() == Some(kid)),
+        Some(kid) => keys.iter().filter(fits).find(|k| k.kid.as_deref() == Some(kid)),
         None => {
-            let mut candidates = keys.keys.iter().filter(fits);
+            let mut candidates = keys.iter().filter(fits);
             let only = candidates.next()?;
             candidates.next().is_none().then_some(only)
         }
     }
-}
-
-fn decoding_key(jwk: &Jwk) -> Result<DecodingKey, String> {
-    DecodingKey::from_jwk(jwk).map_err(|_| "the issuer's signing key cannot be used".to_string())
 }
 
 #[cfg(test)]

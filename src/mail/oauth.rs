@@ -307,39 +307,20 @@ pub async fn fetch(ctx: &HostPolicy, source: &TokenSource) -> Result<AccessToken
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// The response body, up to [`MAX_TOKEN_RESPONSE_BYTES`].
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
-    let failed = |e: reqwest::Error| {
-        OAuthError::new(
-            OAuthErrorKind::Unreachable,
-            format!(
-                "reading the token response failed: {}",
-                crate::outbound::cause(&e)
+async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+    use crate::outbound::ReadError;
+    crate::outbound::read_capped(response, MAX_TOKEN_RESPONSE_BYTES)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge { limit } => OAuthError::new(
+                OAuthErrorKind::Failed,
+                format!("the token response is larger than {} KiB", limit / 1024),
             ),
-        )
-    };
-    let too_large = || {
-        OAuthError::new(
-            OAuthErrorKind::Failed,
-            format!(
-                "the token response is larger than {} KiB",
-                MAX_TOKEN_RESPONSE_BYTES / 1024
+            ReadError::Failed(cause) => OAuthError::new(
+                OAuthErrorKind::Unreachable,
+                format!("reading the token response failed: {cause}"),
             ),
-        )
-    };
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_TOKEN_RESPONSE_BYTES as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(failed)? {
-        if body.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        })
 }
 
 /// A provider's words as plain text of at most `max` characters: no control characters (a CR/LF

@@ -68,16 +68,33 @@ pub async fn client_for(
     Ok((client, parsed))
 }
 
+/// Why a capped body could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Larger than the limit (declared or as it arrived); the rest was never read.
+    TooLarge { limit: usize },
+    /// The connection failed while reading: the cause ([`cause`]).
+    Failed(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge { limit } => write!(f, "the response is larger than {} KiB", limit / 1024),
+            Self::Failed(cause) => write!(f, "reading the response failed: {cause}"),
+        }
+    }
+}
+
 /// A response body of at most `limit` bytes; a larger one is refused before it can take memory.
-pub async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
-    let too_large = || format!("the response is larger than {} KiB", limit / 1024);
+pub async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ReadError> {
     if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        return Err(ReadError::TooLarge { limit });
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| cause(&e))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| ReadError::Failed(cause(&e)))? {
         if body.len() + chunk.len() > limit {
-            return Err(too_large());
+            return Err(ReadError::TooLarge { limit });
         }
         body.extend_from_slice(&chunk);
     }

@@ -24,20 +24,16 @@ pub struct ServerInfo {
     pub security: Security,
 }
 
-/// Every step a test can report, in the order they run (the session's steps).
-pub const STEP_NAMES: &[&str] = &[
-    SessionStep::Resolve.name(),
-    SessionStep::Connect.name(),
-    SessionStep::Tls.name(),
-    SessionStep::Greeting.name(),
-    SessionStep::Ehlo.name(),
-    SessionStep::Starttls.name(),
-    SessionStep::OauthToken.name(),
-    SessionStep::Auth.name(),
-    SessionStep::MailFrom.name(),
-    SessionStep::RcptTo.name(),
-    SessionStep::Data.name(),
-];
+/// Every step a test can report, in the order they run: the session's steps.
+pub const STEP_NAMES: &[&str] = &{
+    let mut names = [""; SessionStep::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = SessionStep::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// Every code a failed test can carry.
 pub const ERROR_CODES: &[&str] = &[
