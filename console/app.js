@@ -612,7 +612,7 @@ async function deliveryPage() {
       h("h3", {}, "Attempts"),
       h("ol", { class: "steps" }, ...n.attempts.map((a) => h("li", {},
         h("span", { class: "name" }, a.outcome), h("span", {}, a.smtp_code ?? ""), h("span", { class: "detail" }, `${new Date(a.at).toLocaleString()} · ${a.reply}`)))),
-      retry);
+      retry ?? "");
   };
   const flush = h("button", { type: "button", onclick: async () => { const r = await api("POST", "/notifications/flush"); notice(detail, r.status === 200 ? `${r.body.flushed} made due now.` : r.body?.detail ?? "Flush failed.", r.status === 200 ? "ok" : "bad"); await showStats(); } }, "Flush");
   if (!session.can("notifications:send")) flush.disabled = true;
